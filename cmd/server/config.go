@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/rs/zerolog"
+)
+
+// config is the server's settings, from (lowest to highest precedence)
+// defaults, the config file, HANDOFF_* environment variables, and flags.
+type config struct {
+	Addr           string
+	PIDFile        string
+	DrainTimeout   time.Duration
+	UpgradeTimeout time.Duration
+	ShutdownDelay  time.Duration
+	IdleGrace      time.Duration
+	CloseSpread    time.Duration
+	CleanupTimeout time.Duration
+	Probation      time.Duration
+	LogFormat      string
+	LogLevel       string
+	ConfigFile     string
+	ShowVersion    bool
+}
+
+// usageError is a bad flag, environment variable or config file: the
+// server exits with status 2 and the message says what to fix.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf(format, a...)} }
+
+// flags defines every setting on fs. The flag names are also the config
+// file keys, and, upper-cased with HANDOFF_ in front and _ for -, the
+// environment variables.
+func (c *config) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "`address` of the public HTTP listener")
+	fs.StringVar(&c.PIDFile, "pid-file", "", "`path` of a PID file naming the serving generation (none if empty)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "how long a drain may take before what is left is force-closed")
+	fs.DurationVar(&c.UpgradeTimeout, "upgrade-timeout", 60*time.Second, "how long a new generation may take to become ready before it is killed")
+	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", 0, "on stop, keep serving this long with /readyz failing before the drain")
+	fs.DurationVar(&c.IdleGrace, "idle-grace", time.Second, "during a drain, leave a keep-alive connection that went idle less than this ago")
+	fs.DurationVar(&c.CloseSpread, "close-spread", time.Second, "spread the closing of idle connections over this window")
+	fs.DurationVar(&c.CleanupTimeout, "cleanup-timeout", 10*time.Second, "time bound of each cleanup step")
+	fs.DurationVar(&c.Probation, "probation", 0, "a new generation serves beside the old one this long before it reports ready (0: off)")
+	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: json, console, or auto (console when stderr is a terminal)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a TOML config file whose keys are these flag names")
+	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+}
+
+// notInFile are flags that make no sense in a config file.
+var notInFile = map[string]bool{"config": true, "version": true}
+
+func envName(flagName string) string {
+	return "HANDOFF_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads the settings from args, getenv and the config file,
+// and validates them. A *usageError names the flag, variable or file line
+// to fix. With -h it writes the usage to out and returns errHelp.
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c.flags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(out, usageText(fs))
+			return nil, errHelp
+		}
+		return nil, usagef("%v (run with -h for the list of flags)", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q (flags start with -; the only subcommand is ctl)", fs.Arg(0))
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+
+	if !explicit["config"] {
+		if v := getenv(envName("config")); v != "" {
+			c.ConfigFile = v
+		}
+	}
+	var file map[string]fileValue
+	if c.ConfigFile != "" {
+		var err error
+		if file, err = readConfigFile(c.ConfigFile, fs); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || explicit[f.Name] || f.Name == "config" {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = usagef("environment variable %s: %v (it sets -%s)", envName(f.Name), cleanSetError(serr), f.Name)
+			}
+			return
+		}
+		if fv, ok := file[f.Name]; ok {
+			if serr := fs.Set(f.Name, fv.value); serr != nil {
+				err = usagef("config file %s: line %d: key %q: %v", c.ConfigFile, fv.line, f.Name, cleanSetError(serr))
+			}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var errHelp = errors.New("help requested")
+
+// cleanSetError drops the strconv noise from a flag.Value.Set error.
+func cleanSetError(err error) string {
+	var ne *strconv.NumError
+	if errors.As(err, &ne) {
+		return fmt.Sprintf("invalid value %q", ne.Num)
+	}
+	return err.Error()
+}
+
+// validate checks what a single flag's parser cannot, naming the flag.
+func (c *config) validate() error {
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return usagef("-addr %q: want host:port, such as 127.0.0.1:8080", c.Addr)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"drain-timeout", c.DrainTimeout}, {"upgrade-timeout", c.UpgradeTimeout},
+		{"shutdown-delay", c.ShutdownDelay}, {"idle-grace", c.IdleGrace},
+		{"close-spread", c.CloseSpread}, {"cleanup-timeout", c.CleanupTimeout},
+		{"probation", c.Probation},
+	} {
+		if d.v < 0 {
+			return usagef("-%s %v: must not be negative", d.name, d.v)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"drain-timeout", c.DrainTimeout}, {"upgrade-timeout", c.UpgradeTimeout}, {"cleanup-timeout", c.CleanupTimeout}} {
+		if d.v == 0 {
+			return usagef("-%s: must be more than 0", d.name)
+		}
+	}
+	if c.Probation > 0 && c.Probation >= c.UpgradeTimeout {
+		return usagef("-probation %v: must be shorter than -upgrade-timeout (%v)", c.Probation, c.UpgradeTimeout)
+	}
+	switch c.LogFormat {
+	case "json", "console", "auto":
+	default:
+		return usagef("-log-format %q: want json, console or auto", c.LogFormat)
+	}
+	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
+		return usagef("-log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return nil
+}
+
+// fileValue is a setting from the config file, as flag text.
+type fileValue struct {
+	value string
+	line  int
+}
+
+// readConfigFile reads a TOML file of flag-name keys. Unknown keys and
+// values of the wrong kind are errors naming the file, line and key.
+func readConfigFile(path string, fs *flag.FlagSet) (map[string]fileValue, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("config file: %v", err)
+	}
+	var raw map[string]any
+	if err := toml.Unmarshal(b, &raw); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, _ := de.Position()
+			return nil, usagef("config file %s: line %d: %v", path, row, de)
+		}
+		return nil, usagef("config file %s: %v", path, err)
+	}
+	keys := make([]string, 0, len(raw))
+	for k := range raw {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return lineOf(b, keys[i]) < lineOf(b, keys[j]) })
+	out := make(map[string]fileValue, len(raw))
+	for _, k := range keys {
+		line := lineOf(b, k)
+		f := fs.Lookup(k)
+		if f == nil || notInFile[k] {
+			return nil, usagef("config file %s: line %d: unknown key %q (keys are flag names, such as addr or drain-timeout)", path, line, k)
+		}
+		var s string
+		switch v := raw[k].(type) {
+		case string:
+			s = v
+		case bool:
+			s = strconv.FormatBool(v)
+		case int64:
+			s = strconv.FormatInt(v, 10)
+		case float64:
+			s = strconv.FormatFloat(v, 'f', -1, 64)
+		default:
+			return nil, usagef("config file %s: line %d: key %q: want a string, number or boolean, not %T", path, line, k, v)
+		}
+		out[k] = fileValue{value: s, line: line}
+	}
+	return out, nil
+}
+
+// lineOf finds the line that sets key at the top level of a TOML file.
+func lineOf(b []byte, key string) int {
+	re := regexp.MustCompile(`^\s*["']?` + regexp.QuoteMeta(key) + `["']?\s*=`)
+	for i, line := range bytes.Split(b, []byte("\n")) {
+		if re.Match(line) {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+func usageText(fs *flag.FlagSet) string {
+	var b strings.Builder
+	b.WriteString(`Usage: server [flags]
+       server ctl status|upgrade|shutdown [-json]
+
+Every flag can also be set by an environment variable (HANDOFF_ and the
+flag name in capitals, - as _: HANDOFF_DRAIN_TIMEOUT) or by a key of the
+same name in the -config file. Flags override the environment, which
+overrides the file.
+
+Flags:
+`)
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	return b.String()
+}

@@ -1,0 +1,89 @@
+package handlers
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// MaxSlow is the longest delay /slow accepts, in milliseconds.
+const MaxSlow = 60000
+
+// MaxEchoBody is the largest body /echo accepts.
+const MaxEchoBody = 1 << 20
+
+// Root answers who is serving: pid, generation, version and start time.
+func Root(info Info) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, info)
+	})
+}
+
+// Healthz answers 200 for as long as the process runs.
+func Healthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+// Readyz answers 200 while the generation should get traffic, and 503 from
+// the moment it stops or starts to drain.
+func Readyz(lc Lifecycle) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !lc.IsReady() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+}
+
+// Slow answers after ?ms=N milliseconds, 0 ≤ N ≤ MaxSlow. It stands for
+// any request that is in flight when a restart begins.
+func Slow(info Info) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || n < 0 || n > MaxSlow {
+			writeError(w, http.StatusBadRequest,
+				fmt.Sprintf("query parameter ms must be a whole number of milliseconds from 0 to %d", MaxSlow))
+			return
+		}
+		t := time.NewTimer(time.Duration(n) * time.Millisecond)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return // the client left; nobody reads an answer
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"slept_ms": n, "pid": info.PID, "generation": info.Generation})
+	})
+}
+
+// Echo answers with the request body, under the request's Content-Type.
+// A body over MaxEchoBody is a 413.
+func Echo() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxEchoBody))
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("request body is larger than %d bytes; send at most that", MaxEchoBody))
+			return
+		}
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
+			return
+		}
+		ct := r.Header.Get("Content-Type")
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		w.Header().Set("Content-Type", ct)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(body)
+	})
+}

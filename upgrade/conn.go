@@ -1,0 +1,185 @@
+package upgrade
+
+import (
+	"bytes"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// h2Preface starts every HTTP/2 connection with prior knowledge (h2c).
+var h2Preface = []byte("PRI * HTTP/2.0\r\n")
+
+// tracker knows every connection one http.Server holds: its state, since
+// when, and whether it speaks HTTP/2. The drain reads it to decide which
+// connections may be closed and which must be left to finish.
+type tracker struct {
+	mu      sync.Mutex
+	conns   map[*trackedConn]struct{}
+	nextID  uint64
+	changed chan struct{} // receives a value, without blocking, on every close
+	// draining and forcing decide how a close is counted.
+	draining bool
+	forcing  bool
+	closed   CloseCounts
+}
+
+func newTracker() *tracker {
+	return &tracker{
+		conns:   make(map[*trackedConn]struct{}),
+		changed: make(chan struct{}, 1),
+	}
+}
+
+// trackedConn is a net.Conn the tracker knows. Fields after the embedded
+// Conn are guarded by tracker.mu, except where noted.
+type trackedConn struct {
+	net.Conn
+	t  *tracker
+	id uint64
+
+	state     http.ConnState
+	since     time.Time // when state last changed
+	h2        bool
+	reaping   bool      // the drain half-closed it
+	reapedAt  time.Time // when it did
+	untracked bool
+
+	sniffed atomic.Bool // the first bytes were checked for the h2c preface
+	sniff   []byte      // bytes read before the check; only the reader uses it
+}
+
+// trackedListener hands out tracked connections.
+type trackedListener struct {
+	net.Listener
+	t *tracker
+}
+
+func (l *trackedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return l.t.add(c), nil
+}
+
+func (t *tracker) add(c net.Conn) *trackedConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.nextID++
+	tc := &trackedConn{Conn: c, t: t, id: t.nextID, state: http.StateNew, since: time.Now()}
+	t.conns[tc] = struct{}{}
+	return tc
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.sniffed.Load() && n > 0 {
+		c.sniffPreface(p[:n])
+	}
+	return n, err
+}
+
+// sniffPreface marks the connection as HTTP/2 when its first bytes are the
+// h2c preface. Reads on one connection never overlap, so sniff needs no lock.
+func (c *trackedConn) sniffPreface(b []byte) {
+	c.sniff = append(c.sniff, b...)
+	if len(c.sniff) < len(h2Preface) && bytes.HasPrefix(h2Preface, c.sniff) {
+		return // a prefix of the preface so far: read more before deciding
+	}
+	if bytes.HasPrefix(c.sniff, h2Preface) {
+		c.t.mu.Lock()
+		c.h2 = true
+		c.t.mu.Unlock()
+	}
+	c.sniff = nil
+	c.sniffed.Store(true)
+}
+
+// CloseWrite half-closes the connection, as net/http does after a response
+// that ends the connection.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *trackedConn) Close() error {
+	c.t.remove(c)
+	return c.Conn.Close()
+}
+
+// remove forgets c and counts how it was closed, once.
+func (t *tracker) remove(c *trackedConn) {
+	t.mu.Lock()
+	if c.untracked {
+		t.mu.Unlock()
+		return
+	}
+	c.untracked = true
+	delete(t.conns, c)
+	if t.draining {
+		switch {
+		case t.forcing:
+			t.closed.Forced++
+		case c.reaping:
+			t.closed.Idle++
+		case c.h2:
+			t.closed.HTTP2++
+		case c.state == http.StateHijacked:
+			t.closed.Hijacked++
+		case c.state == http.StateActive:
+			t.closed.AfterResponse++
+		default:
+			t.closed.ByPeer++
+		}
+	}
+	t.mu.Unlock()
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
+// connState is the http.Server.ConnState hook.
+func (t *tracker) connState(nc net.Conn, st http.ConnState) {
+	tc, tlsConn := unwrapConn(nc)
+	if tc == nil {
+		return
+	}
+	h2 := false
+	if tlsConn != nil && (st == http.StateActive || st == http.StateIdle) {
+		h2 = tlsConn.ConnectionState().NegotiatedProtocol == "h2"
+	}
+	t.mu.Lock()
+	if !tc.untracked {
+		tc.state = st
+		tc.since = time.Now()
+		tc.h2 = tc.h2 || h2
+	}
+	t.mu.Unlock()
+	if st == http.StateClosed {
+		t.remove(tc)
+	}
+}
+
+func unwrapConn(nc net.Conn) (*trackedConn, *tls.Conn) {
+	switch c := nc.(type) {
+	case *trackedConn:
+		return c, nil
+	case *tls.Conn:
+		tc, _ := c.NetConn().(*trackedConn)
+		return tc, c
+	}
+	return nil, nil
+}
+
+func (t *tracker) count() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return int64(len(t.conns))
+}

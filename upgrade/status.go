@@ -1,0 +1,135 @@
+package upgrade
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// State is where a generation is in its lifecycle.
+type State string
+
+// The states of a generation, in the order they usually come.
+const (
+	StateStarting  State = "starting"  // listening, not yet ready
+	StateServing   State = "serving"   // ready; the generation that serves
+	StateUpgrading State = "upgrading" // serving while a new generation starts
+	StateStopping  State = "stopping"  // stop requested: not ready, still serving for the shutdown delay
+	StateDraining  State = "draining"  // not accepting; finishing in-flight work
+	StateStopped   State = "stopped"   // drained and cleaned up
+)
+
+// Status is a snapshot of a generation, for operators and health checks.
+type Status struct {
+	PID         int       `json:"pid"`
+	ParentPID   int       `json:"parent_pid,omitempty"`
+	Generation  int       `json:"generation"`
+	Version     string    `json:"version"`
+	State       State     `json:"state"`
+	StartedAt   time.Time `json:"started_at"`
+	Uptime      Duration  `json:"uptime"`
+	InFlight    int64     `json:"in_flight_requests"`
+	Connections int64     `json:"open_connections"`
+	// Requests counts requests this generation started to serve.
+	Requests int64 `json:"requests"`
+	// UpgradePending is true while an upgrade request waits its turn.
+	UpgradePending bool `json:"upgrade_pending"`
+	// Upgrades counts upgrade attempts by result, over the life of the
+	// service (carried from generation to generation).
+	Upgrades UpgradeCounts `json:"upgrades"`
+	// LastUpgrade is the most recent upgrade attempt, which for a new
+	// generation is the one that started it. Nil before the first.
+	LastUpgrade *UpgradeRecord `json:"last_upgrade,omitempty"`
+	// LastDrain is this generation's drain once it began, or else the drain
+	// of the generation it replaced, as that generation reported it.
+	LastDrain *DrainRecord `json:"last_drain,omitempty"`
+}
+
+// UpgradeCounts counts upgrade attempts by result.
+type UpgradeCounts struct {
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
+}
+
+// UpgradeRecord describes one upgrade attempt.
+type UpgradeRecord struct {
+	OK        bool      `json:"ok"`
+	Source    string    `json:"source"` // "signal", "api", "queued"
+	StartedAt time.Time `json:"started_at"`
+	// Duration is from the start of the attempt to the new generation's
+	// ready report (or to the failure).
+	Duration      Duration `json:"duration"`
+	NewPID        int      `json:"new_pid,omitempty"`
+	NewVersion    string   `json:"new_version,omitempty"`
+	NewGeneration int      `json:"new_generation,omitempty"`
+	Error         string   `json:"error,omitempty"`
+}
+
+// DrainRecord describes one drain: how each connection open when it began
+// came to be closed, and how long it took.
+type DrainRecord struct {
+	Reason    string    `json:"reason"` // "handoff" or "stop"
+	Gen       int       `json:"generation"`
+	PID       int       `json:"pid"`
+	StartedAt time.Time `json:"started_at"`
+	Duration  Duration  `json:"duration"`
+	// ConnectionsAtStart is the number of connections open when the drain
+	// began, on every server.
+	ConnectionsAtStart int64 `json:"connections_at_start"`
+	// RequestsWhileDraining counts requests that began after the drain did.
+	RequestsWhileDraining int64       `json:"requests_while_draining"`
+	Closed                CloseCounts `json:"closed"`
+}
+
+// CloseCounts counts connections closed during a drain, by how.
+type CloseCounts struct {
+	// AfterResponse: HTTP/1 connections closed after a response that
+	// carried Connection: close.
+	AfterResponse int64 `json:"after_response"`
+	// Idle: HTTP/1 connections idle longer than the grace period, closed by
+	// the drain with a half-close.
+	Idle int64 `json:"idle"`
+	// ByPeer: idle HTTP/1 connections that the client closed first.
+	ByPeer int64 `json:"by_peer"`
+	// HTTP2: HTTP/2 connections, closed after GOAWAY and their last stream.
+	HTTP2 int64 `json:"http2"`
+	// Hijacked: connections taken over by a handler (WebSocket) that ended.
+	Hijacked int64 `json:"hijacked"`
+	// Forced: connections still open at the drain deadline.
+	Forced int64 `json:"forced"`
+}
+
+// Total is the number of connections closed, graceful or not.
+func (c CloseCounts) Total() int64 {
+	return c.AfterResponse + c.Idle + c.ByPeer + c.HTTP2 + c.Hijacked + c.Forced
+}
+
+func (c *CloseCounts) add(o CloseCounts) {
+	c.AfterResponse += o.AfterResponse
+	c.Idle += o.Idle
+	c.ByPeer += o.ByPeer
+	c.HTTP2 += o.HTTP2
+	c.Hijacked += o.Hijacked
+	c.Forced += o.Forced
+}
+
+// Duration is a time.Duration that encodes in JSON as fractional
+// milliseconds, which reads well and sorts in tools such as jq.
+type Duration time.Duration
+
+// MarshalJSON encodes d as milliseconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(float64(d) / float64(time.Millisecond))
+}
+
+// UnmarshalJSON decodes milliseconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var ms float64
+	if err := json.Unmarshal(b, &ms); err != nil {
+		return err
+	}
+	*d = Duration(ms * float64(time.Millisecond))
+	return nil
+}
+
+// ms is the value logged for a duration: milliseconds, as a float.
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
