@@ -1,0 +1,477 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// binDir holds the server binaries TestMain builds, one per version.
+var binDir string
+
+// The versions TestMain builds; a test upgrades from one to the other.
+const (
+	v1 = "v1.0.0-e2e"
+	v2 = "v2.0.0-e2e"
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	// Every generation after the first is orphaned when its parent exits.
+	// As a subreaper this process inherits them, so a test can wait for
+	// each one by pid and see its exit status.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: become subreaper:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "handoff-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binDir = dir
+	for _, v := range []string{v1, v2} {
+		if err := build(v, filepath.Join(dir, "server-"+v)); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// build compiles ./cmd/server with version v, with -race when this suite
+// runs with -race.
+func build(v, out string) error {
+	args := []string{"build", "-o", out, "-ldflags", "-X main.version=" + v}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "../cmd/server")...)
+	cmd.Stdout = os.Stderr
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build server %s: %w", v, err)
+	}
+	return nil
+}
+
+// binary returns the path of the built server of version v.
+func binary(v string) string { return filepath.Join(binDir, "server-"+v) }
+
+// server is one running service: the first process the test started and
+// every generation that followed it, all found through their logs.
+type server struct {
+	t    *testing.T
+	dir  string // working directory; the binary is dir/server
+	bin  string
+	addr string
+	logs *logBook
+	cmd  *exec.Cmd
+
+	mu    sync.Mutex
+	procs map[int]*proc
+}
+
+// proc is one generation's process.
+type proc struct {
+	pid    int
+	exited chan struct{}
+	status int // exit status; -1 when killed by a signal or reaped by another
+}
+
+type startOptions struct {
+	version string   // binary version; v1 when empty
+	args    []string // more flags
+	env     []string // more environment
+	dir     string   // working directory; a new temporary one when empty
+	addr    string   // public address; a free loopback port when empty
+	noWait  bool     // do not wait for the first generation's ready event
+}
+
+// start runs the server binary and waits until generation 1 is ready.
+func start(t *testing.T, o startOptions) *server {
+	t.Helper()
+	if o.version == "" {
+		o.version = v1
+	}
+	if o.dir == "" {
+		o.dir = shortTempDir(t)
+	}
+	if o.addr == "" {
+		o.addr = freeAddr(t)
+	}
+	s := &server{t: t, dir: o.dir, bin: filepath.Join(o.dir, "server"), addr: o.addr, procs: map[int]*proc{}}
+	s.install(o.version)
+
+	// The test owns the pipe every generation writes its logs to; exec's
+	// copying goroutine would tie Wait to the last generation's exit.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.logs = newLogBook(r, s.discover)
+	args := append([]string{"-addr", o.addr, "-log-format", "json", "-log-level", "debug"}, o.args...)
+	cmd := exec.Command("./server", args...)
+	cmd.Dir = o.dir
+	cmd.Env = append(baseEnv(), o.env...)
+	cmd.Stdout = w
+	cmd.Stderr = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	s.cmd = cmd
+	first := &proc{pid: cmd.Process.Pid, exited: make(chan struct{})}
+	s.mu.Lock()
+	s.procs[first.pid] = first
+	s.mu.Unlock()
+	go func() { // ends when the first process exits
+		err := cmd.Wait()
+		first.status = exitStatus(cmd.ProcessState, err)
+		close(first.exited)
+	}()
+	t.Cleanup(s.kill)
+	if !o.noWait {
+		s.waitReady(1)
+	}
+	return s
+}
+
+// baseEnv is the test's environment without variables that would change
+// how the server starts (a test of those sets them itself).
+func baseEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "HANDOFF_") || strings.HasPrefix(kv, "NOTIFY_SOCKET=") ||
+			strings.HasPrefix(kv, "LISTEN_") || strings.HasPrefix(kv, "TABLEFLIP_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// install puts the binary of version v at s.bin atomically, the way a
+// deploy must: write beside it, then rename over it.
+func (s *server) install(v string) {
+	s.t.Helper()
+	installBinary(s.t, binary(v), s.bin)
+}
+
+func installBinary(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := dst + ".new"
+	if err := os.WriteFile(tmp, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// discover learns of a generation from its first log line, and starts
+// waiting for its exit: it becomes this process's child when its parent
+// exits, thanks to the subreaper.
+func (s *server) discover(pid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.procs[pid]; ok {
+		return
+	}
+	p := &proc{pid: pid, exited: make(chan struct{})}
+	s.procs[pid] = p
+	go func() { // ends when the process is gone, or after 10 minutes
+		defer close(p.exited)
+		deadline := time.Now().Add(10 * time.Minute)
+		for time.Now().Before(deadline) {
+			var ws unix.WaitStatus
+			_, err := unix.Wait4(pid, &ws, 0, nil)
+			switch {
+			case err == nil:
+				p.status = -1
+				if ws.Exited() {
+					p.status = ws.ExitStatus()
+				}
+				return
+			case errors.Is(err, unix.EINTR):
+			case errors.Is(err, unix.ECHILD):
+				// Not ours yet (its parent lives) or already reaped by
+				// its parent (a child that failed to start).
+				if unix.Kill(pid, 0) == unix.ESRCH {
+					p.status = -1
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			default:
+				p.status = -1
+				return
+			}
+		}
+	}()
+}
+
+func exitStatus(ps *os.ProcessState, err error) int {
+	if ps == nil {
+		return -1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return -1
+	}
+	return ps.ExitCode()
+}
+
+// kill ends every generation still running, by pid, and shows the logs
+// of a failed test.
+func (s *server) kill() {
+	s.mu.Lock()
+	procs := make([]*proc, 0, len(s.procs))
+	for _, p := range s.procs {
+		procs = append(procs, p)
+	}
+	s.mu.Unlock()
+	for _, p := range procs {
+		select {
+		case <-p.exited:
+		default:
+			unix.Kill(p.pid, unix.SIGKILL)
+		}
+	}
+	for _, p := range procs {
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	if s.t.Failed() {
+		lines := s.logs.all()
+		if len(lines) > 400 {
+			lines = lines[len(lines)-400:]
+		}
+		for _, l := range lines {
+			s.t.Log(l.raw)
+		}
+	}
+}
+
+// proc returns the process with pid, which must have logged.
+func (s *server) proc(pid int) *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[pid]
+}
+
+// waitReady waits for generation gen's "ready" event and returns its pid.
+func (s *server) waitReady(gen int) int {
+	s.t.Helper()
+	l := s.logs.wait(s.t, 2*time.Minute, fmt.Sprintf("generation %d ready", gen), func(l logLine) bool {
+		return l.msg() == "ready" && l.int("generation") == gen
+	})
+	return l.int("pid")
+}
+
+// waitExit waits for the process pid to exit and returns its status.
+func (s *server) waitExit(pid int, timeout time.Duration) int {
+	s.t.Helper()
+	p := s.proc(pid)
+	if p == nil {
+		s.t.Fatalf("pid %d: not a process of this server", pid)
+	}
+	select {
+	case <-p.exited:
+		return p.status
+	case <-time.After(timeout):
+		s.t.Fatalf("pid %d did not exit within %v", pid, timeout)
+		return 0
+	}
+}
+
+func (s *server) signal(pid int, sig syscall.Signal) {
+	s.t.Helper()
+	if err := unix.Kill(pid, sig); err != nil {
+		s.t.Fatalf("signal %v to pid %d: %v", sig, pid, err)
+	}
+}
+
+// upgrade sends SIGHUP to pid and waits for generation gen to be ready and
+// pid to exit with status 0. It returns the new pid.
+func (s *server) upgrade(pid, gen int) int {
+	s.t.Helper()
+	s.signal(pid, syscall.SIGHUP)
+	next := s.waitReady(gen)
+	if st := s.waitExit(pid, time.Minute); st != 0 {
+		s.t.Fatalf("generation %d (pid %d) exit status after handoff = %d, want 0", gen-1, pid, st)
+	}
+	return next
+}
+
+func (s *server) url(path string) string { return "http://" + s.addr + path }
+
+// logLine is one JSON log event, with the raw line.
+type logLine struct {
+	fields map[string]any
+	raw    string
+}
+
+func (l logLine) msg() string { return l.str("message") }
+
+func (l logLine) str(key string) string {
+	v, _ := l.fields[key].(string)
+	return v
+}
+
+func (l logLine) int(key string) int {
+	v, _ := l.fields[key].(float64)
+	return int(v)
+}
+
+func (l logLine) num(key string) float64 {
+	v, _ := l.fields[key].(float64)
+	return v
+}
+
+// logBook collects the log lines of every generation.
+type logBook struct {
+	mu      sync.Mutex
+	lines   []logLine
+	changed chan struct{} // closed and replaced on every new line
+	done    chan struct{} // closed when every generation closed the pipe
+}
+
+func newLogBook(r io.ReadCloser, onPID func(int)) *logBook {
+	b := &logBook{changed: make(chan struct{}), done: make(chan struct{})}
+	go func() { // ends when the last generation exits
+		defer close(b.done)
+		defer r.Close()
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			l := logLine{raw: sc.Text()}
+			if json.Unmarshal(sc.Bytes(), &l.fields) != nil {
+				l.fields = map[string]any{"message": sc.Text(), "level": "raw"}
+			}
+			if pid := l.int("pid"); pid > 0 {
+				onPID(pid)
+			}
+			b.mu.Lock()
+			b.lines = append(b.lines, l)
+			close(b.changed)
+			b.changed = make(chan struct{})
+			b.mu.Unlock()
+		}
+	}()
+	return b
+}
+
+func (b *logBook) all() []logLine {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]logLine(nil), b.lines...)
+}
+
+// find returns the lines that match.
+func (b *logBook) find(match func(logLine) bool) []logLine {
+	var out []logLine
+	for _, l := range b.all() {
+		if match(l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// wait returns the first line that matches, waiting up to timeout.
+func (b *logBook) wait(t *testing.T, timeout time.Duration, what string, match func(logLine) bool) logLine {
+	t.Helper()
+	deadline := time.After(timeout)
+	seen := 0
+	for {
+		b.mu.Lock()
+		lines := b.lines[seen:]
+		changed := b.changed
+		b.mu.Unlock()
+		for _, l := range lines {
+			if match(l) {
+				return l
+			}
+		}
+		seen += len(lines)
+		select {
+		case <-changed:
+		case <-b.done:
+			// Every generation exited; look once more, then give up.
+			for _, l := range b.all()[seen:] {
+				if match(l) {
+					return l
+				}
+			}
+			t.Fatalf("waiting for %s: every server process exited", what)
+		case <-deadline:
+			t.Fatalf("waiting for %s: not seen within %v", what, timeout)
+		}
+	}
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// shortTempDir is a temporary directory with a short path: a unix socket
+// path must fit in 108 bytes, and t.TempDir's can be longer.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ho-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// poll calls f until it succeeds or timeout passes, and fails the test
+// with f's last error.
+func poll(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cpus is how many processes can run at once; loads scale with it.
+var cpus = runtime.NumCPU()
