@@ -346,11 +346,6 @@ func (l logLine) int(key string) int {
 	return int(v)
 }
 
-func (l logLine) num(key string) float64 {
-	v, _ := l.fields[key].(float64)
-	return v
-}
-
 // logBook collects the log lines of every generation.
 type logBook struct {
 	mu      sync.Mutex

@@ -129,7 +129,6 @@ type Upgrader struct {
 	lastUpgrade *UpgradeRecord
 	lastDrain   *DrainRecord
 	successor   *spawnResult // set once a handoff succeeded
-	handedOver  bool
 	failErr     error
 }
 

@@ -50,17 +50,37 @@ func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf
 func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "`address` of the public HTTP listener")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "`path` of a PID file naming the serving generation (none if empty)")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "how long a drain may take before what is left is force-closed")
-	fs.DurationVar(&c.UpgradeTimeout, "upgrade-timeout", 60*time.Second, "how long a new generation may take to become ready before it is killed")
-	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", 0, "on stop, keep serving this long with /readyz failing before the drain")
-	fs.DurationVar(&c.IdleGrace, "idle-grace", time.Second, "during a drain, leave a keep-alive connection that went idle less than this ago")
-	fs.DurationVar(&c.CloseSpread, "close-spread", time.Second, "spread the closing of idle connections over this window")
-	fs.DurationVar(&c.CleanupTimeout, "cleanup-timeout", 10*time.Second, "time bound of each cleanup step")
-	fs.DurationVar(&c.Probation, "probation", 0, "a new generation serves beside the old one this long before it reports ready (0: off)")
+	durationFlag(fs, &c.DrainTimeout, "drain-timeout", 30*time.Second, "how long a drain may take before what is left is force-closed")
+	durationFlag(fs, &c.UpgradeTimeout, "upgrade-timeout", 60*time.Second, "how long a new generation may take to become ready before it is killed")
+	durationFlag(fs, &c.ShutdownDelay, "shutdown-delay", 0, "on stop, keep serving this long with /readyz failing before the drain")
+	durationFlag(fs, &c.IdleGrace, "idle-grace", time.Second, "during a drain, leave a keep-alive connection that went idle less than this ago")
+	durationFlag(fs, &c.CloseSpread, "close-spread", time.Second, "spread the closing of idle connections over this window")
+	durationFlag(fs, &c.CleanupTimeout, "cleanup-timeout", 10*time.Second, "time bound of each cleanup step")
+	durationFlag(fs, &c.Probation, "probation", 0, "a new generation serves beside the old one this long before it reports ready (0: off)")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: json, console, or auto (console when stderr is a terminal)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a TOML config file whose keys are these flag names")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+}
+
+// durationValue is a flag.Value for a time.Duration whose parse error says
+// what a valid value looks like.
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q: use a number with a unit, such as 30s, 1500ms or 2m", s)
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+func durationFlag(fs *flag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var((*durationValue)(p), name, usage)
 }
 
 // notInFile are flags that make no sense in a config file.

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "handoff.toml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := parseConfig(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "127.0.0.1:8080" || c.DrainTimeout != 30*time.Second || c.UpgradeTimeout != time.Minute ||
+		c.LogFormat != "auto" || c.LogLevel != "info" || c.PIDFile != "" {
+		t.Errorf("defaults = %+v", c)
+	}
+}
+
+// Flags override the environment, which overrides the file.
+func TestConfigPrecedence(t *testing.T) {
+	file := writeFile(t, "addr = \"127.0.0.1:1111\"\ndrain-timeout = \"11s\"\nupgrade-timeout = \"12s\"\nlog-level = \"warn\"\n")
+	c, err := parseConfig(
+		[]string{"-config", file, "-addr", "127.0.0.1:3333"},
+		env(map[string]string{"HANDOFF_ADDR": "127.0.0.1:2222", "HANDOFF_DRAIN_TIMEOUT": "22s"}),
+		io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "127.0.0.1:3333" {
+		t.Errorf("addr = %s, want the flag's 127.0.0.1:3333", c.Addr)
+	}
+	if c.DrainTimeout != 22*time.Second {
+		t.Errorf("drain-timeout = %v, want the environment's 22s", c.DrainTimeout)
+	}
+	if c.UpgradeTimeout != 12*time.Second || c.LogLevel != "warn" {
+		t.Errorf("upgrade-timeout %v log-level %s, want the file's 12s and warn", c.UpgradeTimeout, c.LogLevel)
+	}
+}
+
+func TestConfigFileFromEnvironment(t *testing.T) {
+	file := writeFile(t, "pid-file = \"x.pid\"\n")
+	c, err := parseConfig(nil, env(map[string]string{"HANDOFF_CONFIG": file}), io.Discard)
+	if err != nil || c.PIDFile != "x.pid" {
+		t.Errorf("HANDOFF_CONFIG: pid-file %q, error %v; want x.pid from the file", c.PIDFile, err)
+	}
+}
+
+// Every bad input is a usage error whose message names what to fix.
+func TestConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		file string // config file body, passed with -config when set
+		want []string
+	}{
+		{"unknown flag", []string{"-nope"}, nil, "", []string{"-nope"}},
+		{"bad duration flag", []string{"-drain-timeout", "soon"}, nil, "", []string{"-drain-timeout", "soon"}},
+		{"negative duration", []string{"-drain-timeout", "-1s"}, nil, "", []string{"-drain-timeout", "negative"}},
+		{"zero drain timeout", []string{"-drain-timeout", "0"}, nil, "", []string{"-drain-timeout", "more than 0"}},
+		{"bad addr", []string{"-addr", "8080"}, nil, "", []string{"-addr", "host:port"}},
+		{"bad log format", []string{"-log-format", "xml"}, nil, "", []string{"-log-format", "json, console or auto"}},
+		{"bad log level", []string{"-log-level", "loud"}, nil, "", []string{"-log-level"}},
+		{"probation too long", []string{"-probation", "2m"}, nil, "", []string{"-probation", "-upgrade-timeout"}},
+		{"stray argument", []string{"serve"}, nil, "", []string{`"serve"`}},
+		{"bad env", nil, map[string]string{"HANDOFF_UPGRADE_TIMEOUT": "forever"}, "", []string{"HANDOFF_UPGRADE_TIMEOUT", "-upgrade-timeout"}},
+		{"unknown file key", nil, nil, "addr = \"127.0.0.1:1\"\n\ndrian-timeout = \"1s\"\n", []string{"line 3", `"drian-timeout"`, "unknown key"}},
+		{"bad file value", nil, nil, "# comment\ndrain-timeout = \"1 minute\"\n", []string{"line 2", `"drain-timeout"`}},
+		{"file value of wrong kind", nil, nil, "addr = [1, 2]\n", []string{"line 1", `"addr"`}},
+		{"file syntax", nil, nil, "addr = \"127.0.0.1:1\"\nthis is not toml\n", []string{"line 2"}},
+		{"file table", nil, nil, "[server]\naddr = \"x\"\n", []string{`"server"`}},
+		{"version in file", nil, nil, "version = true\n", []string{`"version"`, "unknown key"}},
+		{"missing file", []string{"-config", "/nonexistent/handoff.toml"}, nil, "", []string{"/nonexistent/handoff.toml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := tt.args
+			if tt.file != "" {
+				args = append([]string{"-config", writeFile(t, tt.file)}, args...)
+			}
+			_, err := parseConfig(args, env(tt.env), io.Discard)
+			var ue *usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("parseConfig(%q) error = %v, want a usage error", args, err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRunVersionAndHelp(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-version"}, env(nil), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != version {
+		t.Errorf("-version printed %q, want %q", got, version)
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"-h"}, env(nil), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "-drain-timeout") || !strings.Contains(out.String(), "HANDOFF_DRAIN_TIMEOUT") {
+		t.Errorf("-h printed %q, want the flags and their environment variables", out.String())
+	}
+}

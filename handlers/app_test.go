@@ -1,0 +1,129 @@
+package handlers_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/handlers"
+	"github.com/rs/zerolog"
+)
+
+// fakeLifecycle is a Lifecycle a test sets by hand.
+type fakeLifecycle struct {
+	ready    bool
+	draining chan struct{}
+}
+
+func (f *fakeLifecycle) IsReady() bool             { return f.ready }
+func (f *fakeLifecycle) Draining() <-chan struct{} { return f.draining }
+
+func newApp(t *testing.T, lc *fakeLifecycle) http.Handler {
+	t.Helper()
+	return handlers.New(handlers.Options{
+		Info:      handlers.Info{PID: 42, Generation: 7, Version: "v9", StartedAt: time.Unix(1700000000, 0).UTC()},
+		Lifecycle: lc,
+		Logger:    zerolog.New(zerolog.NewTestWriter(t)),
+	})
+}
+
+func TestRoutes(t *testing.T) {
+	tests := []struct {
+		name     string
+		method   string
+		target   string
+		body     string
+		ready    bool
+		wantCode int
+		wantBody string // a substring of the body
+	}{
+		{"root", "GET", "/", "", true, 200, `"generation":7`},
+		{"root version", "GET", "/", "", true, 200, `"version":"v9"`},
+		{"unknown path", "GET", "/nope", "", true, 404, ""},
+		{"healthz", "GET", "/healthz", "", true, 200, "ok"},
+		{"healthz while draining", "GET", "/healthz", "", false, 200, "ok"},
+		{"readyz", "GET", "/readyz", "", true, 200, "ready"},
+		{"readyz while draining", "GET", "/readyz", "", false, 503, "not ready"},
+		{"slow 0", "GET", "/slow?ms=0", "", true, 200, `"slept_ms":0`},
+		{"slow 20", "GET", "/slow?ms=20", "", true, 200, `"slept_ms":20`},
+		{"slow missing", "GET", "/slow", "", true, 400, "ms must be"},
+		{"slow not a number", "GET", "/slow?ms=abc", "", true, 400, "ms must be"},
+		{"slow negative", "GET", "/slow?ms=-1", "", true, 400, "ms must be"},
+		{"slow too long", "GET", "/slow?ms=60001", "", true, 400, "60000"},
+		{"slow wrong method", "POST", "/slow?ms=1", "", true, 405, ""},
+		{"echo", "POST", "/echo", "hello", true, 200, "hello"},
+		{"echo empty", "POST", "/echo", "", true, 200, ""},
+		{"echo at limit", "POST", "/echo", strings.Repeat("a", handlers.MaxEchoBody), true, 200, "aaaa"},
+		{"echo over limit", "POST", "/echo", strings.Repeat("a", handlers.MaxEchoBody+1), true, 413, "larger than"},
+		{"echo wrong method", "GET", "/echo", "", true, 405, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newApp(t, &fakeLifecycle{ready: tt.ready, draining: make(chan struct{})})
+			req := httptest.NewRequest(tt.method, tt.target, strings.NewReader(tt.body))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tt.wantCode {
+				t.Errorf("%s %s: status = %d, want %d (body %q)", tt.method, tt.target, rec.Code, tt.wantCode, rec.Body.String())
+			}
+			if !strings.Contains(rec.Body.String(), tt.wantBody) {
+				t.Errorf("%s %s: body = %.200q, want it to contain %q", tt.method, tt.target, rec.Body.String(), tt.wantBody)
+			}
+			if g := rec.Header().Get("X-Generation"); g != "7" {
+				t.Errorf("%s %s: X-Generation = %q, want 7", tt.method, tt.target, g)
+			}
+		})
+	}
+}
+
+func TestEchoKeepsBodyAndType(t *testing.T) {
+	h := newApp(t, &fakeLifecycle{ready: true})
+	body := bytes.Repeat([]byte{0, 1, 2, 0xff}, 1000)
+	req := httptest.NewRequest("POST", "/echo", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/x-test")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if !bytes.Equal(rec.Body.Bytes(), body) {
+		t.Errorf("POST /echo: body differs from the request (%d bytes, want %d)", rec.Body.Len(), len(body))
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/x-test" {
+		t.Errorf("POST /echo: Content-Type = %q, want application/x-test", ct)
+	}
+}
+
+func TestRootJSON(t *testing.T) {
+	h := newApp(t, &fakeLifecycle{ready: true})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	var got handlers.Info
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatalf("GET /: %v", err)
+	}
+	want := handlers.Info{PID: 42, Generation: 7, Version: "v9", StartedAt: time.Unix(1700000000, 0).UTC()}
+	if got != want {
+		t.Errorf("GET /: %+v, want %+v", got, want)
+	}
+}
+
+// A client that goes away ends /slow at once instead of holding it.
+func TestSlowEndsWhenClientLeaves(t *testing.T) {
+	h := newApp(t, &fakeLifecycle{ready: true})
+	ctx, cancel := context.WithCancel(t.Context())
+	req := httptest.NewRequest("GET", "/slow?ms=60000", nil).WithContext(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("GET /slow?ms=60000 still running 10s after its client left")
+	}
+}

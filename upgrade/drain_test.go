@@ -1,0 +1,467 @@
+package upgrade_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/upgrade"
+	"github.com/rs/zerolog"
+)
+
+// inProcess is a server run by a standalone Upgrader inside the test.
+type inProcess struct {
+	u      *upgrade.Upgrader
+	addr   string
+	runErr chan error
+}
+
+// startInProcess serves h on a loopback port through a standalone
+// Upgrader, and stops it when the test ends.
+func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler) *inProcess {
+	t.Helper()
+	opts.Standalone = true
+	opts.IgnoreSignals = true
+	opts.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	u, err := upgrade.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := u.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	u.Serve(&http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 5 * time.Second}, ln)
+	if err := u.Ready(); err != nil {
+		t.Fatal(err)
+	}
+	s := &inProcess{u: u, addr: ln.Addr().String(), runErr: make(chan error, 1)}
+	go func() { s.runErr <- u.Run(context.Background()) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		u.Shutdown(ctx)
+		<-s.runErr
+	})
+	return s
+}
+
+// shutdownAsync starts a graceful stop and returns its result channel, once
+// the drain has begun.
+func (s *inProcess) shutdownAsync(t *testing.T) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		done <- s.u.Shutdown(ctx)
+	}()
+	select {
+	case <-s.u.Draining():
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain did not begin within 10s of Shutdown")
+	}
+	return done
+}
+
+func (s *inProcess) lastDrain(t *testing.T, done <-chan error) upgrade.DrainRecord {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Shutdown did not return within 30s")
+	}
+	st := s.u.Status()
+	if st.LastDrain == nil {
+		t.Fatal("status has no drain record after Shutdown")
+	}
+	return *st.LastDrain
+}
+
+// rawConn is a client connection that sends HTTP/1.1 requests itself and
+// never retries, so a connection closed under it shows as an error.
+type rawConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{Conn: c, r: bufio.NewReader(c)}
+}
+
+func (c *rawConn) get(path string) (*http.Response, error) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, _ := http.NewRequest("GET", "http://x"+path, nil)
+	if err := req.Write(c); err != nil {
+		return nil, err
+	}
+	resp, err := http.ReadResponse(c.r, req)
+	if err != nil {
+		return nil, err
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, err
+}
+
+func okHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })
+}
+
+// Regression: http.Server.Shutdown closes an idle keep-alive connection at
+// once, so a request the client writes at that moment is lost. The drain
+// answers it instead, with Connection: close.
+func TestDrainAnswersRecentlyIdleConnection(t *testing.T) {
+	s := startInProcess(t, upgrade.Options{IdleGrace: 5 * time.Second}, okHandler())
+	c := dialRaw(t, s.addr)
+	if resp, err := c.get("/"); err != nil || resp.Close {
+		t.Fatalf("first request: close %v, error %v; want a kept-alive answer", resp != nil && resp.Close, err)
+	}
+
+	done := s.shutdownAsync(t)
+	resp, err := c.get("/")
+	if err != nil {
+		t.Fatalf("request on a connection idle for less than the grace period, during the drain: %v", err)
+	}
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Errorf("request during drain: status %d, Connection: close %v; want 200 and true", resp.StatusCode, resp.Close)
+	}
+	if _, err := c.r.ReadByte(); err != io.EOF {
+		t.Errorf("read after the last answer: %v, want EOF (the server closes the connection)", err)
+	}
+	d := s.lastDrain(t, done)
+	if d.Closed.AfterResponse != 1 || d.Closed.Total() != 1 {
+		t.Errorf("drain closes = %+v, want one after_response", d.Closed)
+	}
+	if d.ConnectionsAtStart != 1 || d.RequestsWhileDraining != 1 {
+		t.Errorf("drain: %d connections at start, %d requests while draining; want 1 and 1", d.ConnectionsAtStart, d.RequestsWhileDraining)
+	}
+}
+
+// A connection idle for longer than the grace period is half-closed: the
+// client reads EOF, never a reset.
+func TestDrainHalfClosesLongIdleConnection(t *testing.T) {
+	s := startInProcess(t, upgrade.Options{IdleGrace: 50 * time.Millisecond, CloseSpread: time.Millisecond}, okHandler())
+	c := dialRaw(t, s.addr)
+	if _, err := c.get("/"); err != nil {
+		t.Fatal(err)
+	}
+	done := s.shutdownAsync(t)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.r.ReadByte(); err != io.EOF {
+		t.Fatalf("read on an idle connection during the drain: %v, want EOF", err)
+	}
+	c.Close()
+	d := s.lastDrain(t, done)
+	if d.Closed.Idle != 1 || d.Closed.Total() != 1 {
+		t.Errorf("drain closes = %+v, want one idle", d.Closed)
+	}
+}
+
+// Idle connections are closed at moments spread over CloseSpread, not all
+// at once.
+func TestDrainSpreadsIdleCloses(t *testing.T) {
+	const n = 20
+	spread := 400 * time.Millisecond
+	s := startInProcess(t, upgrade.Options{IdleGrace: time.Millisecond, CloseSpread: spread}, okHandler())
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = dialRaw(t, s.addr)
+		if _, err := conns[i].get("/"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := s.shutdownAsync(t)
+	var mu sync.Mutex
+	var first, last time.Time
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := c.r.ReadByte()
+			at := time.Now()
+			c.Close()
+			if err != io.EOF {
+				t.Errorf("idle connection during drain: %v, want EOF", err)
+			}
+			mu.Lock()
+			if first.IsZero() || at.Before(first) {
+				first = at
+			}
+			if at.After(last) {
+				last = at
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	d := s.lastDrain(t, done)
+	if d.Closed.Idle != n {
+		t.Errorf("drain closed %d idle connections, want %d", d.Closed.Idle, n)
+	}
+	if got := last.Sub(first); got < spread/4 {
+		t.Errorf("%d idle closes spanned %v, want them spread over about %v", n, got, spread)
+	}
+}
+
+// A request in flight when the drain begins completes, and its answer ends
+// the connection.
+func TestDrainCompletesInFlightRequest(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+		fmt.Fprint(w, "done")
+	})
+	s := startInProcess(t, upgrade.Options{}, h)
+	c := dialRaw(t, s.addr)
+	got := make(chan error, 1)
+	var resp *http.Response
+	go func() {
+		var err error
+		resp, err = c.get("/")
+		got <- err
+	}()
+	<-entered
+	done := s.shutdownAsync(t)
+	close(release)
+	if err := <-got; err != nil {
+		t.Fatalf("request in flight across the drain: %v", err)
+	}
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Errorf("in-flight request: status %d, Connection: close %v; want 200 and true", resp.StatusCode, resp.Close)
+	}
+	d := s.lastDrain(t, done)
+	if d.Closed.AfterResponse != 1 || d.Closed.Forced != 0 {
+		t.Errorf("drain closes = %+v, want one after_response and none forced", d.Closed)
+	}
+}
+
+// What is still open at the drain deadline is force-closed and counted.
+func TestDrainForcesAtDeadline(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-r.Context().Done() // never answers
+	})
+	s := startInProcess(t, upgrade.Options{DrainTimeout: 200 * time.Millisecond}, h)
+	c := dialRaw(t, s.addr)
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.get("/")
+		got <- err
+	}()
+	<-entered
+	done := s.shutdownAsync(t)
+	d := s.lastDrain(t, done)
+	if d.Closed.Forced != 1 {
+		t.Errorf("drain closes = %+v, want one forced", d.Closed)
+	}
+	if err := <-got; err == nil {
+		t.Error("request that never answered: got a response, want an error after the force-close")
+	}
+}
+
+// HTTP/2 clients get GOAWAY and finish their streams.
+func TestDrainHTTP2(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			entered <- struct{}{}
+			<-release
+		}
+		fmt.Fprint(w, r.Proto)
+	})
+	s := startInProcess(t, upgrade.Options{}, h)
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + s.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("protocol = %s, want HTTP/2", resp.Proto)
+	}
+	got := make(chan error, 1)
+	go func() {
+		resp, err := c.Get("http://" + s.addr + "/wait")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		got <- err
+	}()
+	<-entered
+	done := s.shutdownAsync(t)
+	close(release)
+	if err := <-got; err != nil {
+		t.Errorf("HTTP/2 stream in flight across the drain: %v", err)
+	}
+	d := s.lastDrain(t, done)
+	if d.Closed.HTTP2 != 1 || d.Closed.Total() != 1 {
+		t.Errorf("drain closes = %+v, want one http2", d.Closed)
+	}
+}
+
+// During the shutdown delay the generation reports not ready but still
+// accepts and answers; the drain begins after it.
+func TestShutdownDelayKeepsServing(t *testing.T) {
+	delay := 500 * time.Millisecond
+	s := startInProcess(t, upgrade.Options{ShutdownDelay: delay}, okHandler())
+	if !s.u.IsReady() {
+		t.Fatal("IsReady before stop = false, want true")
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- s.u.Shutdown(context.Background()) }()
+	poll(t, 5*time.Second, "IsReady after stop", func() error {
+		if s.u.IsReady() {
+			return errors.New("still ready")
+		}
+		return nil
+	})
+	resp, err := dialRaw(t, s.addr).get("/")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("new connection during the shutdown delay: %v", err)
+	}
+	select {
+	case <-s.u.Draining():
+		if time.Since(start) < delay {
+			t.Errorf("drain began %v after stop, before the %v delay", time.Since(start), delay)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain did not begin")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// Cleanup hooks run after the drain, last registered first, each bounded:
+// a hook that hangs or fails does not stop the next.
+func TestCleanupOrderAndBounds(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	note := func(s string) {
+		mu.Lock()
+		order = append(order, s)
+		mu.Unlock()
+	}
+	s := startInProcess(t, upgrade.Options{CleanupTimeout: 100 * time.Millisecond}, okHandler())
+	s.u.OnCleanup("close database", func(ctx context.Context) error { note("database"); return nil })
+	s.u.OnCleanup("hangs", func(ctx context.Context) error { note("hangs"); select {} })
+	s.u.OnCleanup("fails", func(ctx context.Context) error { note("fails"); return errors.New("disk full") })
+	s.u.OnCleanup("persist cache", func(ctx context.Context) error {
+		select {
+		case <-s.u.Draining():
+			note("cache")
+		default:
+			note("cache before drain")
+		}
+		return nil
+	})
+	if err := s.u.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"cache", "fails", "hangs", "database"}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Errorf("cleanup order = %v, want %v", order, want)
+	}
+}
+
+// A second stop signal makes Run return ErrForced at once, while the first
+// stop is still draining.
+func TestSecondSignalForcesExit(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-r.Context().Done()
+	})
+	u, err := upgrade.New(upgrade.Options{
+		Standalone: true, DrainTimeout: time.Minute,
+		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := u.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	u.Serve(srv, ln)
+	u.Ready()
+	runErr := make(chan error, 1)
+	go func() { runErr <- u.Run(context.Background()) }()
+	t.Cleanup(func() { srv.Close() })
+
+	go http.Get("http://" + ln.Addr().String() + "/")
+	<-entered
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	select {
+	case <-u.Draining():
+	case <-time.After(10 * time.Second):
+		t.Fatal("first SIGTERM did not start the drain")
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	select {
+	case err := <-runErr:
+		if !errors.Is(err, upgrade.ErrForced) {
+			t.Errorf("Run after a second SIGTERM = %v, want ErrForced", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after a second SIGTERM")
+	}
+}
+
+func TestStandaloneRefusesUpgrade(t *testing.T) {
+	s := startInProcess(t, upgrade.Options{}, okHandler())
+	if _, err := s.u.Upgrade(t.Context()); !errors.Is(err, upgrade.ErrStandalone) {
+		t.Errorf("Upgrade in standalone mode = %v, want ErrStandalone", err)
+	}
+}
+
+// poll calls f until it succeeds or timeout passes, and fails the test with
+// f's last error.
+func poll(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
