@@ -79,7 +79,7 @@ func binary(v string) string { return filepath.Join(binDir, "server-"+v) }
 // server is one running service: the first process the test started and
 // every generation that followed it, all found through their logs.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string // working directory; the binary is dir/server
 	bin  string
 	addr string
@@ -107,7 +107,7 @@ type startOptions struct {
 }
 
 // start runs the server binary and waits until generation 1 is ready.
-func start(t *testing.T, o startOptions) *server {
+func start(t testing.TB, o startOptions) *server {
 	t.Helper()
 	if o.version == "" {
 		o.version = v1
@@ -176,7 +176,7 @@ func (s *server) install(v string) {
 	installBinary(s.t, binary(v), s.bin)
 }
 
-func installBinary(t *testing.T, src, dst string) {
+func installBinary(t testing.TB, src, dst string) {
 	t.Helper()
 	b, err := os.ReadFile(src)
 	if err != nil {
@@ -397,7 +397,7 @@ func (b *logBook) find(match func(logLine) bool) []logLine {
 }
 
 // wait returns the first line that matches, waiting up to timeout.
-func (b *logBook) wait(t *testing.T, timeout time.Duration, what string, match func(logLine) bool) logLine {
+func (b *logBook) wait(t testing.TB, timeout time.Duration, what string, match func(logLine) bool) logLine {
 	t.Helper()
 	deadline := time.After(timeout)
 	seen := 0
@@ -429,7 +429,7 @@ func (b *logBook) wait(t *testing.T, timeout time.Duration, what string, match f
 }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -441,7 +441,7 @@ func freeAddr(t *testing.T) string {
 
 // shortTempDir is a temporary directory with a short path: a unix socket
 // path must fit in 108 bytes, and t.TempDir's can be longer.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "ho-")
 	if err != nil {
@@ -453,7 +453,7 @@ func shortTempDir(t *testing.T) string {
 
 // poll calls f until it succeeds or timeout passes, and fails the test
 // with f's last error.
-func poll(t *testing.T, timeout time.Duration, what string, f func() error) {
+func poll(t testing.TB, timeout time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -47,6 +48,12 @@ type trackedConn struct {
 	reaping   bool      // the drain half-closed it
 	reapedAt  time.Time // when it did
 	untracked bool
+	// inHandler counts requests of this connection inside the handler.
+	inHandler int
+	// openResponse: a response header went out without Connection: close
+	// (before the drain began) and its handler has not returned, so the
+	// connection would be kept alive after it.
+	openResponse bool
 
 	sniffed atomic.Bool // the first bytes were checked for the h2c preface
 	sniff   []byte      // bytes read before the check; only the reader uses it
@@ -176,6 +183,53 @@ func unwrapConn(nc net.Conn) (*trackedConn, *tls.Conn) {
 		return tc, c
 	}
 	return nil, nil
+}
+
+// connKey is the request context key of the *trackedConn a request came on.
+type connKey struct{}
+
+// connContext is the http.Server.ConnContext hook: it makes the tracked
+// connection known to the handler middleware.
+func connContext(ctx context.Context, nc net.Conn) context.Context {
+	if tc, _ := unwrapConn(nc); tc != nil {
+		return context.WithValue(ctx, connKey{}, tc)
+	}
+	return ctx
+}
+
+// enter and leave bracket a request in the handler.
+func (t *tracker) enter(c *trackedConn) {
+	if c == nil {
+		return
+	}
+	t.mu.Lock()
+	c.inHandler++
+	t.mu.Unlock()
+}
+
+func (t *tracker) leave(c *trackedConn) {
+	if c == nil {
+		return
+	}
+	t.mu.Lock()
+	c.inHandler--
+	c.openResponse = false
+	t.mu.Unlock()
+}
+
+// responseStarts is called as a response header is written, and reports
+// whether it must end the connection: it must once the drain has begun.
+// Deciding under t.mu orders it with the drain's start.
+func (t *tracker) responseStarts(c *trackedConn) (closeConn bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		return true
+	}
+	if c != nil {
+		c.openResponse = true
+	}
+	return false
 }
 
 func (t *tracker) count() int64 {

@@ -96,6 +96,15 @@ func (u *Upgrader) drain(ctx context.Context, reason string) DrainRecord {
 // under a client that may be writing to them, but now it only sends GOAWAY
 // to HTTP/2 connections and waits for the busy ones.
 func (s *served) drain(ctx context.Context, start time.Time, grace, spread time.Duration) {
+	// An Accept under way when the listener closed may still deliver a
+	// connection. Once the Serve loop has returned, every connection it
+	// accepted is tracked.
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		s.force()
+		return
+	}
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
 	for s.reapIdle(time.Now(), start, grace, spread) {
@@ -125,14 +134,27 @@ func (s *served) drain(ctx context.Context, start time.Time, grace, spread time.
 }
 
 // reapIdle half-closes the idle HTTP/1 connections that are due, closes
-// those that lingered long enough, and reports whether any idle or new
-// HTTP/1 connection is left.
+// those that lingered long enough, and reports whether any HTTP/1
+// connection is not yet settled.
+//
+// net/http drops, unanswered, a request it reads after Shutdown began
+// (conn.serve checks shuttingDown right after readRequest). So an HTTP/1
+// connection is settled only once it is inside a handler whose response
+// ends the connection: idle and new connections, requests between being
+// read and reaching the handler, and responses that began before the drain
+// without Connection: close must all come to an end first.
 func (s *served) reapIdle(now, start time.Time, grace, spread time.Duration) bool {
 	var halfClose, closeNow []*trackedConn
 	left := false
 	s.t.mu.Lock()
 	for c := range s.t.conns {
-		if c.h2 || c.state == http.StateActive || c.state == http.StateHijacked {
+		if c.h2 || c.state == http.StateHijacked {
+			continue
+		}
+		if c.state == http.StateActive {
+			if c.inHandler == 0 || c.openResponse {
+				left = true // busy; it will be idle, closed, or settled soon
+			}
 			continue
 		}
 		left = true

@@ -1,6 +1,7 @@
 package upgrade
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -12,7 +13,8 @@ type served struct {
 	srv     *http.Server
 	ln      net.Listener // the tracked listener Serve was given
 	t       *tracker
-	stopped atomic.Bool // the drain closed ln; Serve's error is expected
+	stopped atomic.Bool   // the drain closed ln; Serve's error is expected
+	done    chan struct{} // closed when the Serve loop has returned
 }
 
 // Serve serves srv on ln until this generation drains, in a goroutine that
@@ -22,7 +24,7 @@ type served struct {
 //
 // Serve must be called before Ready and before Run, once per server.
 func (u *Upgrader) Serve(srv *http.Server, ln net.Listener) {
-	s := &served{srv: srv, t: newTracker()}
+	s := &served{srv: srv, t: newTracker(), done: make(chan struct{})}
 	s.ln = &trackedListener{Listener: ln, t: s.t}
 
 	prevState := srv.ConnState
@@ -32,11 +34,18 @@ func (u *Upgrader) Serve(srv *http.Server, ln net.Listener) {
 			prevState(c, st)
 		}
 	}
+	prevCtx := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if prevCtx != nil {
+			ctx = prevCtx(ctx, c)
+		}
+		return connContext(ctx, c)
+	}
 	h := srv.Handler
 	if h == nil {
 		h = http.DefaultServeMux
 	}
-	srv.Handler = u.track(h)
+	srv.Handler = u.track(s.t, h)
 
 	u.mu.Lock()
 	u.servers = append(u.servers, s)
@@ -45,6 +54,7 @@ func (u *Upgrader) Serve(srv *http.Server, ln net.Listener) {
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()
+		defer close(s.done)
 		var err error
 		if srv.TLSConfig != nil {
 			err = srv.ServeTLS(s.ln, "", "")
@@ -64,7 +74,7 @@ func (u *Upgrader) Serve(srv *http.Server, ln net.Listener) {
 // track counts requests and, once the drain has begun, makes every response
 // end its connection: HTTP/1 replies carry Connection: close, and net/http
 // turns that header into a GOAWAY on HTTP/2.
-func (u *Upgrader) track(h http.Handler) http.Handler {
+func (u *Upgrader) track(t *tracker, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.requests.Add(1)
 		u.inFlight.Add(1)
@@ -72,7 +82,10 @@ func (u *Upgrader) track(h http.Handler) http.Handler {
 		if u.draining.Load() {
 			u.drainRequests.Add(1)
 		}
-		h.ServeHTTP(&drainWriter{ResponseWriter: w, draining: &u.draining}, r)
+		c, _ := r.Context().Value(connKey{}).(*trackedConn)
+		t.enter(c)
+		defer t.leave(c)
+		h.ServeHTTP(&drainWriter{ResponseWriter: w, t: t, c: c}, r)
 	})
 }
 
@@ -81,8 +94,9 @@ func (u *Upgrader) track(h http.Handler) http.Handler {
 // in flight when it began.
 type drainWriter struct {
 	http.ResponseWriter
-	draining *atomic.Bool
-	wrote    bool
+	t     *tracker
+	c     *trackedConn // nil for a connection the tracker does not know
+	wrote bool
 }
 
 func (w *drainWriter) WriteHeader(code int) {
@@ -90,7 +104,7 @@ func (w *drainWriter) WriteHeader(code int) {
 	// another protocol, whose Connection: Upgrade must stand.
 	if !w.wrote && code >= 200 {
 		w.wrote = true
-		if w.draining.Load() {
+		if w.t.responseStarts(w.c) {
 			w.Header().Set("Connection", "close")
 		}
 	}
