@@ -40,6 +40,8 @@ func New(o Options) http.Handler {
 	mux.Handle("GET /readyz", Readyz(o.Lifecycle))
 	mux.Handle("GET /slow", Slow(o.Info))
 	mux.Handle("POST /echo", Echo())
+	mux.Handle("GET /events", Events(o.Info, o.Lifecycle, time.Now))
+	mux.Handle("GET /ws", WebSocket(o.Lifecycle, o.Logger))
 	return withGeneration(o.Info.Generation, mux)
 }
 

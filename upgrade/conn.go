@@ -219,14 +219,15 @@ func (t *tracker) leave(c *trackedConn) {
 
 // responseStarts is called as a response header is written, and reports
 // whether it must end the connection: it must once the drain has begun.
+// closes says the handler already ends the connection with this response.
 // Deciding under t.mu orders it with the drain's start.
-func (t *tracker) responseStarts(c *trackedConn) (closeConn bool) {
+func (t *tracker) responseStarts(c *trackedConn, closes bool) (closeConn bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.draining {
 		return true
 	}
-	if c != nil {
+	if c != nil && !closes {
 		c.openResponse = true
 	}
 	return false

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 )
 
@@ -104,7 +105,8 @@ func (w *drainWriter) WriteHeader(code int) {
 	// another protocol, whose Connection: Upgrade must stand.
 	if !w.wrote && code >= 200 {
 		w.wrote = true
-		if w.t.responseStarts(w.c) {
+		closes := strings.EqualFold(w.Header().Get("Connection"), "close")
+		if w.t.responseStarts(w.c, closes) && !closes {
 			w.Header().Set("Connection", "close")
 		}
 	}
