@@ -249,13 +249,16 @@ func classify(resp *http.Response, err error) (kind, gen string) {
 	return "ok", resp.Header.Get("X-Generation")
 }
 
-// errorKind sorts a client error into refused, reset, EOF, timeout or other.
+// errorKind sorts a client error into refused, reset, broken pipe, EOF,
+// timeout or other.
 func errorKind(err error) string {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "refused"
 	case errors.Is(err, syscall.ECONNRESET):
 		return "reset"
+	case errors.Is(err, syscall.EPIPE):
+		return "broken pipe"
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 		return "eof"
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):

@@ -32,6 +32,8 @@ type config struct {
 	Probation      time.Duration
 	LogFormat      string
 	LogLevel       string
+	TLSCert        string
+	TLSKey         string
 	ConfigFile     string
 	ShowVersion    bool
 }
@@ -59,6 +61,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	durationFlag(fs, &c.Probation, "probation", 0, "a new generation serves beside the old one this long before it reports ready (0: off)")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: json, console, or auto (console when stderr is a terminal)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "`path` of a PEM certificate (chain): serve HTTPS with HTTP/2 instead of HTTP/1.1 and h2c; every generation reads it again, so SIGHUP rotates it")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "`path` of the PEM private key of -tls-cert")
 	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a TOML config file whose keys are these flag names")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
 }
@@ -193,6 +197,9 @@ func (c *config) validate() error {
 	case "json", "console", "auto":
 	default:
 		return usagef("-log-format %q: want json, console or auto", c.LogFormat)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return usagef("-tls-cert and -tls-key go together: give both, or neither")
 	}
 	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
 		return usagef("-log-level %q: want debug, info, warn or error", c.LogLevel)

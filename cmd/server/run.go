@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +56,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := upg.Logger()
 	st := upg.Status()
 
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return usagef("-tls-cert %s, -tls-key %s: %v", cfg.TLSCert, cfg.TLSKey, err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	ln, err := upg.Listen(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		return err
@@ -67,7 +76,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			Lifecycle: upg,
 			Logger:    log.With().Str("component", "http").Logger(),
 		}),
-		Protocols:         protocols(),
+		Protocols:         protocols(tlsConfig != nil),
+		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
@@ -83,10 +93,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return upg.Run(ctx)
 }
 
-// protocols are HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge).
-func protocols() *http.Protocols {
+// protocols are HTTP/1.1 and HTTP/2: over TLS when it is configured, else
+// without (h2c, prior knowledge).
+func protocols(tls bool) *http.Protocols {
 	var p http.Protocols
 	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
+	if tls {
+		p.SetHTTP2(true)
+	} else {
+		p.SetUnencryptedHTTP2(true)
+	}
 	return &p
 }
