@@ -29,6 +29,8 @@ type Options struct {
 	Info      Info
 	Lifecycle Lifecycle
 	Logger    zerolog.Logger
+	// KV is the key-value store; nil leaves the /kv routes out.
+	KV KV
 }
 
 // New returns the public API of the reference server. It exposes no
@@ -42,6 +44,12 @@ func New(o Options) http.Handler {
 	mux.Handle("POST /echo", Echo())
 	mux.Handle("GET /events", Events(o.Info, o.Lifecycle, time.Now))
 	mux.Handle("GET /ws", WebSocket(o.Lifecycle, o.Logger))
+	if o.KV != nil {
+		mux.Handle("GET /kv", KVList(o.KV, o.Logger))
+		mux.Handle("GET /kv/{key...}", KVGet(o.KV, o.Logger))
+		mux.Handle("PUT /kv/{key...}", KVPut(o.KV, o.Logger))
+		mux.Handle("DELETE /kv/{key...}", KVDelete(o.KV, o.Logger))
+	}
 	return withGeneration(o.Info.Generation, mux)
 }
 
