@@ -8,7 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-		"math/big"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
