@@ -31,6 +31,7 @@ type tally struct {
 	ok       map[string]int
 	failed   map[string]map[string]int // kind → failure kind → count
 	examples []string                  // the first few failures, verbatim
+	lost     []string                  // local addresses of connections whose request failed
 	gens     map[string]bool           // generations that answered
 	spans    [][2]time.Time            // start and end of each /slow request
 	resumes  map[string]int            // kind → reconnections after a goodbye
@@ -59,6 +60,15 @@ func (t *tally) fail(kind, what string, detail error) {
 	if len(t.examples) < 10 {
 		t.examples = append(t.examples, fmt.Sprintf("%s %s at %s: %v", kind, what, time.Now().Format("15:04:05.000"), detail))
 	}
+}
+
+// failOn records a failure on the connection c, whose local address says
+// which server process held it.
+func (t *tally) failOn(kind, what string, detail error, c net.Conn) {
+	t.fail(kind, what, detail)
+	t.mu.Lock()
+	t.lost = append(t.lost, c.LocalAddr().String())
+	t.mu.Unlock()
 }
 
 func (t *tally) resumed(kind string) {
@@ -181,7 +191,7 @@ func keepAliveClient(ctx context.Context, addr string, t *tally, seed uint64) {
 		resp, body, err := c.do(req)
 		switch {
 		case err != nil:
-			t.fail(kind, errorKind(err), err)
+			t.failOn(kind, errorKind(err), err, c)
 			c.Close()
 			c = nil
 			return
@@ -214,7 +224,7 @@ func newConnClient(ctx context.Context, addr string, t *tally) {
 		resp, _, err := c.do(req)
 		switch {
 		case err != nil:
-			t.fail(kind, errorKind(err), err)
+			t.failOn(kind, errorKind(err), err, c)
 		case resp.StatusCode != http.StatusOK:
 			t.fail(kind, "status "+strconv.Itoa(resp.StatusCode), nil)
 		default:
@@ -444,4 +454,24 @@ func wsClient(ctx context.Context, addr string, t *tally, seed uint64) {
 		}
 		pending = nil
 	})
+}
+
+// backgroundLoad runs keep-alive, new-connection and HTTP/2 clients
+// against addr until stop is called, which returns once every client has
+// finished its last request. The tally counts as they go.
+func backgroundLoad(addr string) (stop func(), tl *tally) {
+	ctx, cancel := context.WithCancel(context.Background())
+	tl = newTally()
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() { defer wg.Done(); keepAliveClient(ctx, addr, tl, uint64(100+i)) }()
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); newConnClient(ctx, addr, tl) }()
+	go func() { defer wg.Done(); h2Client(ctx, addr, tl, 2) }()
+	return func() {
+		cancel()
+		wg.Wait()
+	}, tl
 }

@@ -24,9 +24,11 @@ import (
 var binDir string
 
 // The versions TestMain builds; a test upgrades from one to the other.
+// vFaults is built with the handoff_faults tag (see cmd/server/faults_on.go).
 const (
-	v1 = "v1.0.0-e2e"
-	v2 = "v2.0.0-e2e"
+	v1      = "v1.0.0-e2e"
+	v2      = "v2.0.0-e2e"
+	vFaults = "v3.0.0-faults"
 )
 
 func TestMain(m *testing.M) {
@@ -48,7 +50,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binDir = dir
-	for _, v := range []string{v1, v2} {
+	for _, v := range []string{v1, v2, vFaults} {
 		if err := build(v, filepath.Join(dir, "server-"+v)); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 1
@@ -61,6 +63,9 @@ func testMain(m *testing.M) int {
 // runs with -race.
 func build(v, out string) error {
 	args := []string{"build", "-o", out, "-ldflags", "-X main.version=" + v}
+	if v == vFaults {
+		args = append(args, "-tags", "handoff_faults")
+	}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
@@ -104,6 +109,9 @@ type startOptions struct {
 	dir     string   // working directory; a new temporary one when empty
 	addr    string   // public address; a free loopback port when empty
 	noWait  bool     // do not wait for the first generation's ready event
+	// addrInConfig leaves -addr off the command line: the test's config
+	// file sets addr (flags would override it).
+	addrInConfig bool
 }
 
 // start runs the server binary and waits until generation 1 is ready.
@@ -128,7 +136,11 @@ func start(t testing.TB, o startOptions) *server {
 		t.Fatal(err)
 	}
 	s.logs = newLogBook(r, s.discover)
-	args := append([]string{"-addr", o.addr, "-log-format", "json", "-log-level", "debug"}, o.args...)
+	args := []string{"-log-format", "json", "-log-level", "info"}
+	if !o.addrInConfig {
+		args = append(args, "-addr", o.addr)
+	}
+	args = append(args, o.args...)
 	cmd := exec.Command("./server", args...)
 	cmd.Dir = o.dir
 	cmd.Env = append(baseEnv(), o.env...)
@@ -182,6 +194,18 @@ func installBinary(t testing.TB, src, dst string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	installFile(t, dst, b)
+}
+
+// installScript installs a shell script as the server binary: a bad
+// deploy that the test controls.
+func (s *server) installScript(script string) {
+	s.t.Helper()
+	installFile(s.t, s.bin, []byte("#!/bin/sh\n"+script+"\n"))
+}
+
+func installFile(t testing.TB, dst string, b []byte) {
+	t.Helper()
 	tmp := dst + ".new"
 	if err := os.WriteFile(tmp, b, 0o755); err != nil {
 		t.Fatal(err)

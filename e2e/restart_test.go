@@ -51,7 +51,8 @@ func oneConnClient() *http.Client {
 func sendWhenWritten(t *testing.T, c *http.Client, req *http.Request) <-chan result {
 	t.Helper()
 	written := make(chan struct{})
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { close(written) }}
+	var once sync.Once // a transport that retries writes the request again
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { once.Do(func() { close(written) }) }}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	out := make(chan result, 1)
 	go func() {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // h2Preface starts every HTTP/2 connection with prior knowledge (h2c).
@@ -18,6 +20,7 @@ var h2Preface = []byte("PRI * HTTP/2.0\r\n")
 // when, and whether it speaks HTTP/2. The drain reads it to decide which
 // connections may be closed and which must be left to finish.
 type tracker struct {
+	log     zerolog.Logger
 	mu      sync.Mutex
 	conns   map[*trackedConn]struct{}
 	nextID  uint64
@@ -28,8 +31,9 @@ type tracker struct {
 	closed   CloseCounts
 }
 
-func newTracker() *tracker {
+func newTracker(log zerolog.Logger) *tracker {
 	return &tracker{
+		log:     log,
 		conns:   make(map[*trackedConn]struct{}),
 		changed: make(chan struct{}, 1),
 	}
@@ -70,6 +74,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.t.log.Debug().Str("remote_addr", c.RemoteAddr().String()).Str("local_addr", c.LocalAddr().String()).Msg("connection accepted")
 	return l.t.add(c), nil
 }
 

@@ -274,7 +274,7 @@ func (u *Upgrader) attempt(source string) (*spawnResult, UpgradeRecord, error) {
 	fail := func(uerr *UpgradeError) (*spawnResult, UpgradeRecord, error) {
 		rec.Duration = Duration(time.Since(start))
 		rec.Error = uerr.Error()
-		ev := u.log.Warn().Err(uerr.Err).Str("source", source).Float64("duration_ms", ms(time.Since(start)))
+		ev := u.log.Warn().Err(uerr).Str("source", source).Float64("duration_ms", ms(time.Since(start)))
 		if uerr.ChildPID != 0 {
 			ev = ev.Int("child_pid", uerr.ChildPID)
 		}
@@ -346,13 +346,16 @@ func (u *Upgrader) attempt(source string) (*spawnResult, UpgradeRecord, error) {
 // an executable file, so that a missing binary is a clear error rather
 // than a failed fork.
 func checkBinary() (string, error) {
-	exe, err := exec.LookPath(os.Args[0])
-	if err != nil {
-		return "", fmt.Errorf("binary %s: %w (install the new binary at this path, then retry)", os.Args[0], err)
+	exe := os.Args[0]
+	if !strings.Contains(exe, "/") {
+		var err error
+		if exe, err = exec.LookPath(exe); err != nil {
+			return "", fmt.Errorf("binary %s: %w (install the new binary there, then retry)", os.Args[0], err)
+		}
 	}
 	fi, err := os.Stat(exe)
 	if err != nil {
-		return "", fmt.Errorf("binary %s: %w (install the new binary at this path, then retry)", exe, err)
+		return "", fmt.Errorf("binary %s: %w (install the new binary at this path, then retry)", exe, errors.Unwrap(err))
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("binary %s is not a regular file", exe)

@@ -25,7 +25,7 @@ type served struct {
 //
 // Serve must be called before Ready and before Run, once per server.
 func (u *Upgrader) Serve(srv *http.Server, ln net.Listener) {
-	s := &served{srv: srv, t: newTracker(), done: make(chan struct{})}
+	s := &served{srv: srv, t: newTracker(u.log), done: make(chan struct{})}
 	s.ln = &trackedListener{Listener: ln, t: s.t}
 
 	prevState := srv.ConnState

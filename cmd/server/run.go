@@ -86,6 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ErrorLog:          stdLogger(log.With().Str("component", "http").Logger()),
 	}
 	upg.Serve(public, ln)
+	injectFaults(getenv, upg, log)
 
 	if err := upg.Ready(); err != nil {
 		return err

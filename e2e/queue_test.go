@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A storm of 50 SIGHUPs in one second, each sent to the pid the PID file
+// names at that moment, as an operator's script would: no request fails,
+// every process that hands over exits 0, at most one upgrade is ever in
+// flight, and the requests that came during an upgrade ran after it (the
+// generation count goes past 2).
+func TestSIGHUPStorm(t *testing.T) {
+	s := start(t, startOptions{args: []string{"-pid-file", "server.pid"}})
+	stop, tl := backgroundLoad(s.addr)
+	waitRequests(t, tl, 200)
+
+	pidFile := filepath.Join(s.dir, "server.pid")
+	sent, missed := 0, 0
+	for range 50 {
+		b, err := os.ReadFile(pidFile)
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid == 0 {
+			t.Fatalf("read PID file: %q, %v", b, err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGHUP); errors.Is(err, syscall.ESRCH) {
+			missed++ // named a generation that exited a moment ago
+		} else {
+			sent++
+		}
+		time.Sleep(20 * time.Millisecond) // paces the storm over one second
+	}
+	last := s.settle()
+	stop()
+
+	t.Logf("%d SIGHUPs delivered (%d to a pid that had just exited); final generation %d; %d requests, %d failed",
+		sent, missed, last, total(tl), tl.failures())
+	if last < 3 {
+		t.Errorf("final generation %d: the SIGHUPs that came during the first upgrade did not run another", last)
+	}
+	if n := tl.failures(); n != 0 {
+		t.Errorf("%d requests failed during the storm, want 0: %v", n, tl.examples)
+	}
+	for g := 1; g < last; g++ {
+		pid := s.pidOf(g)
+		if st := s.waitExit(pid, time.Minute); st != 0 {
+			t.Errorf("generation %d (pid %d) exit status %d, want 0", g, pid, st)
+		}
+	}
+	assertOneUpgradeAtATime(t, s)
+}
+
+// settle waits until upgrades stop: the newest generation's predecessor
+// has exited and no queued upgrade follows within 3 seconds. It returns
+// the newest generation.
+func (s *server) settle() int {
+	s.t.Helper()
+	g := 1
+	for {
+		for s.readyOK(g+1, 0) {
+			g++
+		}
+		if g > 1 {
+			s.waitExit(s.pidOf(g-1), 2*time.Minute)
+		}
+		// A request queued in generation g runs once g-1 has exited, within
+		// moments; 3 s without one means none is queued.
+		if !s.readyOK(g+1, 3*time.Second) {
+			return g
+		}
+	}
+}
+
+// readyOK reports whether generation gen logs "ready" within timeout.
+func (s *server) readyOK(gen int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if len(s.logs.find(func(l logLine) bool { return l.msg() == "ready" && l.int("generation") == gen })) > 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pidOf returns the pid of generation gen, which must have been ready.
+func (s *server) pidOf(gen int) int {
+	s.t.Helper()
+	ready := s.logs.find(func(l logLine) bool { return l.msg() == "ready" && l.int("generation") == gen })
+	if len(ready) == 0 {
+		s.t.Fatalf("generation %d was never ready", gen)
+	}
+	return ready[len(ready)-1].int("pid")
+}
+
+// assertOneUpgradeAtATime checks, from the logs of every generation, that
+// no two upgrade attempts overlapped in time.
+func assertOneUpgradeAtATime(t *testing.T, s *server) {
+	t.Helper()
+	type span struct {
+		pid        int
+		start, end time.Time
+	}
+	var spans []span
+	open := map[int]time.Time{}
+	for _, l := range s.logs.all() {
+		at, err := time.Parse(time.RFC3339Nano, l.str("time"))
+		if err != nil {
+			continue
+		}
+		switch l.msg() {
+		case "upgrade started":
+			open[l.int("pid")] = at
+		case "child ready", failedEvent:
+			if st, ok := open[l.int("pid")]; ok {
+				spans = append(spans, span{l.int("pid"), st, at})
+				delete(open, l.int("pid"))
+			}
+		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.start.Compare(b.start) })
+	for i := 1; i < len(spans); i++ {
+		if spans[i].start.Before(spans[i-1].end) {
+			t.Errorf("upgrade by pid %d started at %v, before the one by pid %d ended at %v",
+				spans[i].pid, spans[i].start, spans[i-1].pid, spans[i-1].end)
+		}
+	}
+	if len(spans) == 0 {
+		t.Error("no upgrade attempt found in the logs")
+	}
+}
+
+// A drain cannot block upgrades forever: with a request that never ends,
+// an upgrade asked of the new generation waits for the old one, which
+// force-closes that request at its drain deadline and exits; then the
+// upgrade runs, and the log says so.
+func TestQueuedUpgradeRunsAfterDrainDeadline(t *testing.T) {
+	s := start(t, startOptions{args: []string{"-drain-timeout", "2s"}})
+	// A connection of our own, which never retries: generation 1 holds it.
+	c, err := dial1(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req, _ := http.NewRequest("GET", s.url("/"), nil)
+	if resp, _, err := c.do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /: %v", err)
+	}
+	info := rootInfo{PID: s.pidOf(1)}
+	// Written before the SIGHUP; its answer never comes.
+	req, _ = http.NewRequest("GET", s.url("/slow?ms=60000"), nil)
+	c.SetDeadline(time.Now().Add(time.Minute))
+	if err := req.Write(c); err != nil {
+		t.Fatal(err)
+	}
+	stuck := make(chan error, 1)
+	go func() {
+		_, err := http.ReadResponse(c.r, req)
+		stuck <- err
+	}()
+
+	s.signal(info.PID, syscall.SIGHUP)
+	pid2 := s.waitReady(2)
+	s.signal(pid2, syscall.SIGHUP)
+	s.logs.wait(t, time.Minute, "the upgrade to wait for the drain", func(l logLine) bool {
+		return l.msg() == "upgrade waits for the previous generation to finish draining" && l.int("pid") == pid2
+	})
+	s.waitReady(3)
+	drained := s.logs.wait(t, time.Minute, "generation 1's drain", func(l logLine) bool {
+		return l.msg() == "drain finished" && l.int("pid") == info.PID
+	})
+	if drained.int("force_closed") != 1 {
+		t.Errorf("generation 1 force-closed %d connections at its deadline, want 1", drained.int("force_closed"))
+	}
+	if st := s.waitExit(info.PID, time.Minute); st != 0 {
+		t.Errorf("generation 1 exit status after a forced drain = %d, want 0", st)
+	}
+	ran := s.logs.find(func(l logLine) bool {
+		return l.msg() == "previous generation exited: running queued upgrade" && l.int("pid") == pid2
+	})
+	if len(ran) != 1 {
+		t.Errorf("generation 2 logged %d 'running queued upgrade' events, want 1", len(ran))
+	}
+	if err := <-stuck; err == nil {
+		t.Error("the request that never ended got an answer, want it force-closed")
+	}
+}
