@@ -83,10 +83,20 @@ func TestBadDeploys(t *testing.T) {
 			ev := s.logs.wait(t, time.Minute, "the upgrade to fail", func(l logLine) bool {
 				return l.msg() == failedEvent && l.int("pid") == pid
 			})
+			// The same through the control API: ctl upgrade fails and says why.
+			out, errOut, st := s.ctl("upgrade")
+			if st == 0 {
+				t.Errorf("server ctl upgrade: exit status 0 (%s), want a failure", out)
+			}
+			for _, want := range tc.cause {
+				if !strings.Contains(errOut, want) {
+					t.Errorf("server ctl upgrade does not say %q: %s", want, errOut)
+				}
+			}
 			waitRequests(t, tl, total(tl)+200)
 			stop()
-			if n := len(s.logs.find(func(l logLine) bool { return l.msg() == failedEvent })); n != before+1 {
-				t.Errorf("%d upgrade failures logged for one attempt", n-before)
+			if n := len(s.logs.find(func(l logLine) bool { return l.msg() == failedEvent })); n != before+2 {
+				t.Errorf("%d upgrade failures logged for two attempts", n-before)
 			}
 			if ev.str("level") != "warn" {
 				t.Errorf("failed upgrade logged at %q, want warn", ev.str("level"))
@@ -99,7 +109,8 @@ func TestBadDeploys(t *testing.T) {
 			if tc.timeout && ev.fields["timed_out"] != true {
 				t.Errorf("failed upgrade event: timed_out = %v, want true", ev.fields["timed_out"])
 			}
-			t.Logf("%s: %d requests during the attempt, %d failed; cause logged: %s", tc.name, total(tl), tl.failures(), ev.str("error"))
+			t.Logf("%s: %d requests during the attempts, %d failed; cause logged: %s; server ctl upgrade: %s",
+				tc.name, total(tl), tl.failures(), ev.str("error"), strings.TrimSpace(errOut))
 			if tl.failures() != 0 {
 				t.Errorf("%d requests failed during the bad upgrade, want 0: %v", tl.failures(), tl.examples)
 			}

@@ -111,6 +111,11 @@ func (c *trackedConn) sniffPreface(b []byte) {
 	c.sniffed.Store(true)
 }
 
+// NetConn returns the connection the listener accepted, as tls.Conn's
+// method of the same name does: a ConnContext hook reads peer credentials
+// of a unix socket through it.
+func (c *trackedConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite half-closes the connection, as net/http does after a response
 // that ends the connection.
 func (c *trackedConn) CloseWrite() error {

@@ -26,7 +26,7 @@ type Status struct {
 	Version     string    `json:"version"`
 	State       State     `json:"state"`
 	StartedAt   time.Time `json:"started_at"`
-	Uptime      Duration  `json:"uptime"`
+	Uptime      Duration  `json:"uptime_ms"`
 	InFlight    int64     `json:"in_flight_requests"`
 	Connections int64     `json:"open_connections"`
 	// Requests counts requests this generation started to serve.
@@ -57,7 +57,7 @@ type UpgradeRecord struct {
 	StartedAt time.Time `json:"started_at"`
 	// Duration is from the start of the attempt to the new generation's
 	// ready report (or to the failure).
-	Duration      Duration `json:"duration"`
+	Duration      Duration `json:"duration_ms"`
 	NewPID        int      `json:"new_pid,omitempty"`
 	NewVersion    string   `json:"new_version,omitempty"`
 	NewGeneration int      `json:"new_generation,omitempty"`
@@ -71,7 +71,7 @@ type DrainRecord struct {
 	Gen       int       `json:"generation"`
 	PID       int       `json:"pid"`
 	StartedAt time.Time `json:"started_at"`
-	Duration  Duration  `json:"duration"`
+	Duration  Duration  `json:"duration_ms"`
 	// ConnectionsAtStart is the number of connections open when the drain
 	// began, on every server.
 	ConnectionsAtStart int64 `json:"connections_at_start"`

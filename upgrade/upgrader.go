@@ -108,6 +108,7 @@ type Upgrader struct {
 	finishing sync.Once
 	finished  chan struct{} // closed when drain and cleanup are done
 	drainingC chan struct{} // closed when the drain begins
+	prevGone  chan struct{} // closed when the previous generation has exited
 	wg        sync.WaitGroup
 
 	draining      atomic.Bool
@@ -182,6 +183,7 @@ func New(opts Options) (*Upgrader, error) {
 		stopC:     make(chan struct{}),
 		finished:  make(chan struct{}),
 		drainingC: make(chan struct{}),
+		prevGone:  make(chan struct{}),
 		state:     StateStarting,
 	}
 	u.pid1 = u.pid == 1
@@ -224,10 +226,38 @@ func New(opts Options) (*Upgrader, error) {
 			"would kill the new generation; roll the container to upgrade")
 	}
 
+	if u.parent == nil {
+		close(u.prevGone)
+	} else {
+		u.wg.Add(1)
+		go u.awaitParentExit() // ends when the parent exits or this generation finishes
+	}
 	u.wg.Add(1)
 	go u.worker() // exits when the generation stops or hands over
 	return u, nil
 }
+
+func (u *Upgrader) awaitParentExit() {
+	defer u.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // ends with awaitParentExit
+		select {
+		case <-u.finished:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if u.tf.WaitForParent(ctx) == nil || ctx.Err() == nil {
+		close(u.prevGone)
+	}
+}
+
+// PreviousExited returns a channel closed once the generation this one
+// replaced has exited, after its drain and cleanup hooks: what it
+// persisted is then on disk. For the first generation it is closed from
+// the start.
+func (u *Upgrader) PreviousExited() <-chan struct{} { return u.prevGone }
 
 // Logger returns Options.Logger with this process's pid, generation and,
 // for a new generation, parent_pid: the root logger for the rest of the

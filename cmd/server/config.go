@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -34,8 +35,32 @@ type config struct {
 	LogLevel       string
 	TLSCert        string
 	TLSKey         string
+	DataDir        string
+	ControlAddr    string
+	ControlToken   string
+	AllowRemote    bool
 	ConfigFile     string
 	ShowVersion    bool
+}
+
+// controlSocket is the unix socket of the control API in the data directory,
+// used unless -control-addr is set.
+const controlSocket = "control.sock"
+
+// tokenFile returns the path of the control token file.
+func (c *config) tokenFile() string {
+	if c.ControlToken != "" {
+		return c.ControlToken
+	}
+	return filepath.Join(c.DataDir, "control.token")
+}
+
+// controlListen returns the network and address of the control listener.
+func (c *config) controlListen() (network, addr string) {
+	if c.ControlAddr != "" {
+		return "tcp", c.ControlAddr
+	}
+	return "unix", filepath.Join(c.DataDir, controlSocket)
 }
 
 // usageError is a bad flag, environment variable or config file: the
@@ -63,6 +88,10 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "`path` of a PEM certificate (chain): serve HTTPS with HTTP/2 instead of HTTP/1.1 and h2c; every generation reads it again, so SIGHUP rotates it")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "`path` of the PEM private key of -tls-cert")
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "`directory` of the database, the cache snapshot, the control socket and token (created with mode 0700)")
+	fs.StringVar(&c.ControlAddr, "control-addr", "", "loopback `host:port` of the control API instead of the unix socket data-dir/control.sock")
+	fs.StringVar(&c.ControlToken, "control-token-file", "", "`path` of the control API's bearer token (default data-dir/control.token; created with a random token if missing)")
+	fs.BoolVar(&c.AllowRemote, "allow-remote-control", false, "allow a -control-addr that is not a loopback address")
 	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a TOML config file whose keys are these flag names")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
 }
@@ -96,12 +125,16 @@ func envName(flagName string) string {
 
 // parseConfig reads the settings from args, getenv and the config file,
 // and validates them. A *usageError names the flag, variable or file line
-// to fix. With -h it writes the usage to out and returns errHelp.
-func parseConfig(args []string, getenv func(string) string, out io.Writer) (*config, error) {
+// to fix. With -h it writes the usage to out and returns errHelp. extra,
+// when set, defines more flags on the same set (those of server ctl).
+func parseConfig(args []string, getenv func(string) string, out io.Writer, extra ...func(*flag.FlagSet)) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	c.flags(fs)
+	for _, e := range extra {
+		e(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(out, usageText(fs))
@@ -198,6 +231,19 @@ func (c *config) validate() error {
 	default:
 		return usagef("-log-format %q: want json, console or auto", c.LogFormat)
 	}
+	if c.DataDir == "" {
+		return usagef("-data-dir: must not be empty")
+	}
+	if c.ControlAddr != "" {
+		host, _, err := net.SplitHostPort(c.ControlAddr)
+		if err != nil {
+			return usagef("-control-addr %q: want host:port, such as 127.0.0.1:9090", c.ControlAddr)
+		}
+		if !c.AllowRemote && !isLoopback(host) {
+			return usagef("-control-addr %q is not a loopback address, and the control API can stop the server: "+
+				"use 127.0.0.1 or [::1], or set -allow-remote-control if you mean it", c.ControlAddr)
+		}
+	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return usagef("-tls-cert and -tls-key go together: give both, or neither")
 	}
@@ -205,6 +251,27 @@ func (c *config) validate() error {
 		return usagef("-log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
 	return nil
+}
+
+// isLoopback reports whether host names only loopback addresses. An empty
+// host (all interfaces) does not.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil || len(ips) == 0 {
+		return false
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return false
+		}
+	}
+	return true
 }
 
 // fileValue is a setting from the config file, as flag text.

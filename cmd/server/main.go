@@ -8,26 +8,26 @@ import (
 	"errors"
 	"fmt"
 	"os"
-
-	"github.com/handoff-go/handoff/upgrade"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
 func main() {
-	err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	ctx := context.Background()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		err = runCtl(ctx, os.Args[2:], os.Getenv, os.Stdout)
+	} else {
+		err = run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	}
 	if err == nil {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "server: %v\n", err)
 	var ue *usageError
-	switch {
-	case errors.As(err, &ue):
+	if errors.As(err, &ue) {
 		os.Exit(2)
-	case errors.Is(err, upgrade.ErrForced):
-		os.Exit(1)
-	default:
-		os.Exit(1)
 	}
+	os.Exit(1) // a failed action, a start-up error, or a second stop signal
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
@@ -38,6 +39,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 
+	if err := prepareDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	upg, err := upgrade.New(upgrade.Options{
 		Logger:         newLogger(cfg.LogFormat, cfg.LogLevel, stderr),
 		Version:        version,
@@ -55,6 +59,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := upg.Logger()
 	st := upg.Status()
+	token, err := loadToken(cfg.tokenFile(), log)
+	if err != nil {
+		return err
+	}
+	kv, err := openStore(ctx, cfg.DataDir, log.With().Str("component", "store").Logger())
+	if err != nil {
+		return err
+	}
+	// Cleanup runs last registered first: persist the cache, then close.
+	upg.OnCleanup("close database", kv.Close)
+	upg.OnCleanup("persist cache", kv.PersistCache)
 
 	var tlsConfig *tls.Config
 	if cfg.TLSCert != "" {
@@ -75,6 +90,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			},
 			Lifecycle: upg,
 			Logger:    log.With().Str("component", "http").Logger(),
+			KV:        kv,
 		}),
 		Protocols:         protocols(tlsConfig != nil),
 		TLSConfig:         tlsConfig,
@@ -86,11 +102,47 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ErrorLog:          stdLogger(log.With().Str("component", "http").Logger()),
 	}
 	upg.Serve(public, ln)
+
+	network, addr := cfg.controlListen()
+	cln, err := upg.Listen(ctx, network, addr)
+	if err != nil {
+		return fmt.Errorf("control listener: %w", err)
+	}
+	clog := log.With().Str("component", "control").Logger()
+	control := &http.Server{
+		Handler: handlers.NewControl(handlers.ControlOptions{
+			Token:       token,
+			Controller:  controller{upg: upg, store: kv},
+			Metrics:     metricsHandler(upg, kv),
+			AllowedUIDs: []int{os.Getuid(), 0},
+			Logger:      clog,
+		}),
+		ConnContext:       peerContext,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		// POST /upgrade answers once the new generation is ready or failed.
+		WriteTimeout:   cfg.UpgradeTimeout + cfg.Probation + 30*time.Second,
+		IdleTimeout:    idleTimeout,
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       stdLogger(clog),
+	}
+	upg.Serve(control, cln)
 	injectFaults(getenv, upg, log)
 
 	if err := upg.Ready(); err != nil {
 		return err
 	}
+	// The cache warms from the snapshot the previous generation persisted
+	// in its cleanup, once it has exited (at once for the first).
+	go func() { // ends once warmed, or when this generation is done
+		select {
+		case <-upg.PreviousExited():
+			if err := kv.Warm(ctx); err != nil {
+				log.Warn().Err(err).Msg("warm cache")
+			}
+		case <-upg.Done():
+		}
+	}()
 	return upg.Run(ctx)
 }
 
