@@ -308,7 +308,7 @@ func (u *Upgrader) attempt(source string) (*spawnResult, UpgradeRecord, error) {
 	if err != nil {
 		return fail(&UpgradeError{Err: err})
 	}
-	err = u.tf.Upgrade()
+	err = u.upgradeOnce()
 	sp.restore(u.stderr)
 	if err != nil {
 		sp.link.conn.Close()
@@ -339,6 +339,20 @@ func (u *Upgrader) attempt(source string) (*spawnResult, UpgradeRecord, error) {
 		Float64("time_to_ready_ms", ms(succ.Duration)).Msg("child ready")
 	u.notify.handedOver(succ.PID)
 	return succ, rec, nil
+}
+
+// upgradeOnce calls tableflip's Upgrade. WaitForParent can return before
+// tableflip's own loop has noticed that the parent exited, and Upgrade then
+// refuses with "parent hasn't exited" without starting anything; waitTurn
+// has seen the parent exit, so that refusal is retried for a moment.
+func (u *Upgrader) upgradeOnce() error {
+	for i := 0; ; i++ {
+		err := u.tf.Upgrade()
+		if err == nil || err.Error() != "parent hasn't exited" || i == 100 {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // checkBinary finds the binary tableflip will execute, the way it will
