@@ -112,6 +112,9 @@ type startOptions struct {
 	// addrInConfig leaves -addr off the command line: the test's config
 	// file sets addr (flags would override it).
 	addrInConfig bool
+	// extraFiles are passed from fd 3 on, and LISTEN_PID is set to the
+	// server's pid, as systemd does for socket activation.
+	extraFiles []*os.File
 }
 
 // start runs the server binary and waits until generation 1 is ready.
@@ -142,6 +145,12 @@ func start(t testing.TB, o startOptions) *server {
 	}
 	args = append(args, o.args...)
 	cmd := exec.Command("./server", args...)
+	if len(o.extraFiles) > 0 {
+		// The shell's pid becomes the server's with exec: LISTEN_PID must
+		// name the process that receives the sockets.
+		cmd = exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ exec ./server "$@"`, "sh"}, args...)...)
+		cmd.ExtraFiles = o.extraFiles
+	}
 	cmd.Dir = o.dir
 	cmd.Env = append(baseEnv(), o.env...)
 	cmd.Stdout = w

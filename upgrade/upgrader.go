@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/rs/zerolog"
 )
 
@@ -98,6 +99,9 @@ type Upgrader struct {
 	parent    *childSide // nil for the first generation
 	pid1      bool
 	notify    *notifier
+	// activated are the sockets systemd passed by socket activation, by
+	// FileDescriptorName; only a first generation has any.
+	activated map[string]*os.File
 
 	sigC      chan os.Signal
 	readyC    chan struct{}
@@ -210,6 +214,13 @@ func New(opts Options) (*Upgrader, error) {
 			u.gen = cs.hello.Generation
 			u.parentPID = cs.hello.ParentPID
 			u.upgrades = cs.hello.Upgrades
+		} else {
+			// LISTEN_* are for this process only: unset, so that no
+			// later generation mistakes them for its own.
+			u.activated = map[string]*os.File{}
+			for _, f := range activation.Files(true) {
+				u.activated[f.Name()] = f
+			}
 		}
 	}
 	u.log = u.Logger().With().Str("component", "upgrade").Logger()
@@ -303,11 +314,72 @@ func (u *Upgrader) Listen(ctx context.Context, network, addr string) (net.Listen
 	if u.parent != nil {
 		inherited = u.inheritedKey(network, key)
 	}
+	u.listened(network, key, ln, inherited, "")
+	return ln, nil
+}
+
+// activatedKey is the key under which a socket-activated listener is
+// passed to later generations: its name, since systemd, not the address
+// in the configuration, decides where it listens.
+func activatedKey(name string) string { return "systemd:" + name }
+
+// ListenNamed is Listen for a socket that systemd may pass by socket
+// activation, under FileDescriptorName name. The first generation takes
+// it from systemd, and later ones inherit it under that name, whatever
+// addr says; without activation it is Listen(ctx, network, addr).
+func (u *Upgrader) ListenNamed(ctx context.Context, name, network, addr string) (net.Listener, error) {
+	if u.tf == nil {
+		return u.Listen(ctx, network, addr)
+	}
+	key := activatedKey(name)
+	for _, nw := range []string{"tcp", "unix"} {
+		ln, err := u.tf.Listener(nw, key)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s: %w", name, err)
+		}
+		if ln != nil {
+			u.listened(nw, key, ln, true, name)
+			return ln, nil
+		}
+	}
+	f := u.activated[name]
+	if f == nil {
+		return u.Listen(ctx, network, addr)
+	}
+	delete(u.activated, name)
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("socket-activated %s: %w", name, err)
+	}
+	tl, ok := ln.(tableflip.Listener)
+	if !ok {
+		ln.Close()
+		return nil, fmt.Errorf("socket-activated %s: %T cannot be passed on", name, ln)
+	}
+	nw := ln.Addr().Network()
+	if err := u.tf.AddListener(nw, key, tl); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket-activated %s: %w", name, err)
+	}
+	if want, err := CanonicalAddr(network, addr); err != nil || want != ln.Addr().String() {
+		u.log.Info().Str("name", name).Str("configured_addr", addr).Str("addr", ln.Addr().String()).
+			Msg("socket activation: serving on the socket systemd passed, not the configured address")
+	}
+	u.listened(nw, key, ln, false, name)
+	return ln, nil
+}
+
+// listened records a listener for the next generation's hello and logs it.
+func (u *Upgrader) listened(network, key string, ln net.Listener, inherited bool, name string) {
 	u.mu.Lock()
 	u.listenKeys = append(u.listenKeys, network+" "+key)
 	u.mu.Unlock()
-	u.log.Info().Str("network", network).Str("addr", ln.Addr().String()).Bool("inherited", inherited).Msg("listening")
-	return ln, nil
+	ev := u.log.Info().Str("network", network).Str("addr", ln.Addr().String()).Bool("inherited", inherited)
+	if name != "" {
+		ev = ev.Str("activation_name", name)
+	}
+	ev.Msg("listening")
 }
 
 // inheritedKey reports whether the previous generation passed a listener
@@ -355,6 +427,11 @@ func (u *Upgrader) Ready() error {
 }
 
 func (u *Upgrader) ready() error {
+	for name, f := range u.activated {
+		u.log.Warn().Str("name", name).Msg("socket activation: systemd passed a socket nobody asked for; closing it")
+		f.Close()
+		delete(u.activated, name)
+	}
 	if u.parent != nil && u.opts.Probation > 0 {
 		u.log.Info().Float64("window_ms", ms(u.opts.Probation)).Msg("probation started")
 		t := time.NewTimer(u.opts.Probation)
@@ -583,7 +660,12 @@ func (u *Upgrader) finish(handoff bool, reason string, deadline time.Time) {
 		dl = deadline
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), dl)
-	stopExtend := u.notify.extendDuring(u.opts.DrainTimeout)
+	stopExtend := func() {}
+	if !handoff {
+		// After a handoff this process is no longer systemd's main
+		// process, and the stop timeout is not its concern.
+		stopExtend = u.notify.extendDuring(u.opts.DrainTimeout)
+	}
 	rec := u.drain(ctx, reasonKind(handoff))
 	cancel()
 	stopExtend()

@@ -79,7 +79,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	ln, err := upg.Listen(ctx, "tcp", cfg.Addr)
+	// Under systemd socket activation the sockets named public and
+	// control (FileDescriptorName=) replace -addr and -control-addr.
+	ln, err := upg.ListenNamed(ctx, "public", "tcp", cfg.Addr)
 	if err != nil {
 		return err
 	}
@@ -104,7 +106,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	upg.Serve(public, ln)
 
 	network, addr := cfg.controlListen()
-	cln, err := upg.Listen(ctx, network, addr)
+	cln, err := upg.ListenNamed(ctx, "control", network, addr)
 	if err != nil {
 		return fmt.Errorf("control listener: %w", err)
 	}
