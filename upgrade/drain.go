@@ -105,16 +105,8 @@ func (s *served) drain(ctx context.Context, start time.Time, grace, spread time.
 		s.force()
 		return
 	}
-	tick := time.NewTicker(drainPoll)
-	defer tick.Stop()
-	for s.reapIdle(time.Now(), start, grace, spread) {
-		select {
-		case <-ctx.Done():
-			s.force()
-			return
-		case <-tick.C:
-		case <-s.t.changed:
-		}
+	if !s.waitWhile(ctx, func() bool { return s.reapIdle(time.Now(), start, grace, spread) }) {
+		return
 	}
 	if err := s.srv.Shutdown(ctx); err != nil {
 		s.force()
@@ -122,15 +114,24 @@ func (s *served) drain(ctx context.Context, start time.Time, grace, spread time.
 	}
 	// Shutdown does not wait for hijacked connections (WebSocket); their
 	// handlers end them once they learn the drain began.
-	for s.t.count() > 0 {
+	s.waitWhile(ctx, func() bool { return s.t.count() > 0 })
+}
+
+// waitWhile calls cond again every drainPoll and at every close until it
+// returns false. If ctx ends first it forces what is left and returns false.
+func (s *served) waitWhile(ctx context.Context, cond func() bool) bool {
+	tick := time.NewTicker(drainPoll)
+	defer tick.Stop()
+	for cond() {
 		select {
 		case <-ctx.Done():
 			s.force()
-			return
+			return false
 		case <-tick.C:
 		case <-s.t.changed:
 		}
 	}
+	return true
 }
 
 // reapIdle half-closes the idle HTTP/1 connections that are due, closes

@@ -18,21 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// prepareDataDir creates dir with mode 0700 if it is missing and checks
-// that this process can write in it.
-func prepareDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("data directory %s: %w (set -data-dir to a writable directory)", dir, err)
-	}
-	f, err := os.CreateTemp(dir, ".write-check-*")
-	if err != nil {
-		return fmt.Errorf("data directory %s is not writable: %w (set -data-dir to a writable directory)", dir, err)
-	}
-	f.Close()
-	os.Remove(f.Name())
-	return nil
-}
-
 // loadToken reads the control token from path. A missing file is created
 // with a random 256-bit token and mode 0600; the token is never logged.
 func loadToken(path string, log zerolog.Logger) ([]byte, error) {

@@ -78,7 +78,7 @@ type store struct {
 // openStore opens (creating if needed) the store in dir, which is created
 // if it does not exist. log should be the store's component logger.
 func openStore(ctx context.Context, dir string, log zerolog.Logger) (*store, error) {
-	if err := checkWritable(dir); err != nil {
+	if err := prepareDataDir(dir); err != nil {
 		return nil, err
 	}
 	path, err := filepath.Abs(filepath.Join(dir, storeFile))
@@ -115,15 +115,16 @@ func storeDSN(path string) string {
 	return u.String()
 }
 
-// checkWritable makes dir and proves that files can be created in it, so
-// that a bad -data-dir fails at start with a message that names it.
-func checkWritable(dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+// prepareDataDir makes dir (mode 0700: it holds the control socket and
+// token) and proves that files can be created in it, so that a bad
+// -data-dir fails at start with a message that names it.
+func prepareDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w (set -data-dir to a writable directory)", dir, err)
 	}
 	f, err := os.CreateTemp(dir, ".writable-*")
 	if err != nil {
-		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+		return fmt.Errorf("data directory %s is not writable: %w (set -data-dir to a writable directory)", dir, err)
 	}
 	f.Close()
 	os.Remove(f.Name())
