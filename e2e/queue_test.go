@@ -13,11 +13,12 @@ import (
 	"time"
 )
 
-// A storm of 50 SIGHUPs in one second, each sent to the pid the PID file
-// names at that moment, as an operator's script would: no request fails,
-// every process that hands over exits 0, at most one upgrade is ever in
-// flight, and the requests that came during an upgrade ran after it (the
-// generation count goes past 2).
+// A storm of 50 SIGHUPs in one second, in bursts of 5 sent back to back,
+// each to the pid the PID file names at that moment, as an operator's
+// script would: no request fails, every process that hands over exits 0,
+// at most one upgrade is ever in flight, the SIGHUPs that came during an
+// upgrade were queued and collapsed (fewer upgrades than SIGHUPs), and the
+// queued upgrades ran (the generation count goes past 2).
 func TestSIGHUPStorm(t *testing.T) {
 	s := start(t, startOptions{args: []string{"-pid-file", "server.pid"}})
 	stop, tl := backgroundLoad(s.addr)
@@ -25,24 +26,44 @@ func TestSIGHUPStorm(t *testing.T) {
 
 	pidFile := filepath.Join(s.dir, "server.pid")
 	sent, missed := 0, 0
-	for range 50 {
-		b, err := os.ReadFile(pidFile)
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid == 0 {
-			t.Fatalf("read PID file: %q, %v", b, err)
+	for burst := range 10 {
+		for range 5 {
+			b, err := os.ReadFile(pidFile)
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil || pid == 0 {
+				t.Fatalf("read PID file: %q, %v", b, err)
+			}
+			if err := syscall.Kill(pid, syscall.SIGHUP); errors.Is(err, syscall.ESRCH) {
+				missed++ // named a generation that exited a moment ago
+			} else {
+				sent++
+			}
 		}
-		if err := syscall.Kill(pid, syscall.SIGHUP); errors.Is(err, syscall.ESRCH) {
-			missed++ // named a generation that exited a moment ago
-		} else {
-			sent++
+		if burst < 9 {
+			time.Sleep(100 * time.Millisecond) // paces the bursts over one second
 		}
-		time.Sleep(20 * time.Millisecond) // paces the storm over one second
 	}
 	last := s.settle()
 	stop()
 
 	t.Logf("%d SIGHUPs delivered (%d to a pid that had just exited); final generation %d; %d requests, %d failed",
 		sent, missed, last, total(tl), tl.failures())
+	queued := len(s.logs.find(func(l logLine) bool {
+		switch l.msg() {
+		case "upgrade queued: another upgrade is in progress", "forwarding queued upgrade to new generation",
+			"upgrade requested after handoff: forwarding to new generation",
+			"upgrade waits for the previous generation to finish draining":
+			return true
+		}
+		return false
+	}))
+	t.Logf("%d upgrades for %d SIGHUPs; %d log events of a request queued, forwarded or waiting", last-1, sent, queued)
+	if queued == 0 {
+		t.Error("no SIGHUP was queued behind an upgrade: the storm did not test queueing")
+	}
+	if last-1 >= sent {
+		t.Errorf("%d upgrades for %d SIGHUPs: queued requests did not collapse", last-1, sent)
+	}
 	if last < 3 {
 		t.Errorf("final generation %d: the SIGHUPs that came during the first upgrade did not run another", last)
 	}
