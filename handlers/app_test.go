@@ -127,3 +127,25 @@ func TestSlowEndsWhenClientLeaves(t *testing.T) {
 		t.Fatal("GET /slow?ms=60000 still running 10s after its client left")
 	}
 }
+
+// At Debug level every request is logged, without its query string; a
+// stream still flushes through the logging writer.
+func TestRequestLog(t *testing.T) {
+	var buf bytes.Buffer
+	h := handlers.New(handlers.Options{
+		Info:      handlers.Info{Generation: 1},
+		Lifecycle: &fakeLifecycle{ready: true, draining: make(chan struct{})},
+		Logger:    zerolog.New(&buf).Level(zerolog.DebugLevel),
+	})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/slow?ms=1&secret=x", nil))
+	line := buf.String()
+	for _, want := range []string{`"message":"request"`, `"path":"/slow"`, `"status":200`, `"method":"GET"`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("request log %q lacks %s", line, want)
+		}
+	}
+	if strings.Contains(line, "secret") {
+		t.Errorf("request log %q contains the query string", line)
+	}
+}

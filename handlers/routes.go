@@ -50,7 +50,7 @@ func New(o Options) http.Handler {
 		mux.Handle("PUT /kv/{key...}", KVPut(o.KV, o.Logger))
 		mux.Handle("DELETE /kv/{key...}", KVDelete(o.KV, o.Logger))
 	}
-	return withGeneration(o.Info.Generation, mux)
+	return withRequestLog(o.Logger, withGeneration(o.Info.Generation, mux))
 }
 
 // withGeneration sets X-Generation on every response, errors included, so
