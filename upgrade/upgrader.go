@@ -685,7 +685,14 @@ func (u *Upgrader) finish(handoff bool, reason string, deadline time.Time) {
 	}
 	if succ != nil {
 		succ.link.conn.Close()
-		<-succ.teeDone // the child's start-up output, all copied to stderr
+		// Copy the last of the child's start-up output to stderr. It ends
+		// when the child lets go of the pipe (it did when it became
+		// ready); bounded, since exiting matters more than that output.
+		select {
+		case <-succ.teeDone:
+		case <-time.After(2 * time.Second):
+			u.log.Warn().Int("new_pid", succ.PID).Msg("new generation still holds its start-up stderr pipe; not waiting for it")
+		}
 	}
 	u.mu.Lock()
 	u.state = StateStopped
