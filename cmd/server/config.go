@@ -64,12 +64,21 @@ func (c *config) controlListen() (network, addr string) {
 }
 
 // usageError is a bad flag, environment variable or config file: the
-// server exits with status 2 and the message says what to fix.
-type usageError struct{ msg string }
+// server exits with status 2 and the message says what to fix. flag names
+// the setting at fault, when there is one.
+type usageError struct {
+	msg  string
+	flag string
+}
 
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, a ...any) error { return &usageError{msg: fmt.Sprintf(format, a...)} }
+
+// badFlag is a usage error about the setting of flag name.
+func badFlag(name, format string, a ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, a...), flag: name}
+}
 
 // flags defines every setting on fs. The flag names are also the config
 // file keys, and, upper-cased with HANDOFF_ in front and _ for -, the
@@ -160,20 +169,25 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer, extra
 			return nil, err
 		}
 	}
+	// from says where each setting that did not come from a flag was
+	// read, so that an error about it names the variable or file line.
+	from := map[string]string{}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if err != nil || explicit[f.Name] || f.Name == "config" {
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {
+			from[f.Name] = fmt.Sprintf("environment variable %s (it sets -%s)", envName(f.Name), f.Name)
 			if serr := fs.Set(f.Name, v); serr != nil {
-				err = usagef("environment variable %s: %v (it sets -%s)", envName(f.Name), cleanSetError(serr), f.Name)
+				err = usagef("%s: %v", from[f.Name], cleanSetError(serr))
 			}
 			return
 		}
 		if fv, ok := file[f.Name]; ok {
+			from[f.Name] = fmt.Sprintf("config file %s: line %d: key %q", c.ConfigFile, fv.line, f.Name)
 			if serr := fs.Set(f.Name, fv.value); serr != nil {
-				err = usagef("config file %s: line %d: key %q: %v", c.ConfigFile, fv.line, f.Name, cleanSetError(serr))
+				err = usagef("%s: %v", from[f.Name], cleanSetError(serr))
 			}
 		}
 	})
@@ -181,6 +195,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer, extra
 		return nil, err
 	}
 	if err := c.validate(); err != nil {
+		var ue *usageError
+		if errors.As(err, &ue) && from[ue.flag] != "" {
+			return nil, usagef("%s: %s", from[ue.flag], ue.msg)
+		}
 		return nil, err
 	}
 	return c, nil
@@ -200,7 +218,7 @@ func cleanSetError(err error) string {
 // validate checks what a single flag's parser cannot, naming the flag.
 func (c *config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		return usagef("-addr %q: want host:port, such as 127.0.0.1:8080", c.Addr)
+		return badFlag("addr", "-addr %q: want host:port, such as 127.0.0.1:8080", c.Addr)
 	}
 	for _, d := range []struct {
 		name string
@@ -212,7 +230,7 @@ func (c *config) validate() error {
 		{"probation", c.Probation},
 	} {
 		if d.v < 0 {
-			return usagef("-%s %v: must not be negative", d.name, d.v)
+			return badFlag(d.name, "-%s %v: must not be negative", d.name, d.v)
 		}
 	}
 	for _, d := range []struct {
@@ -220,35 +238,35 @@ func (c *config) validate() error {
 		v    time.Duration
 	}{{"drain-timeout", c.DrainTimeout}, {"upgrade-timeout", c.UpgradeTimeout}, {"cleanup-timeout", c.CleanupTimeout}} {
 		if d.v == 0 {
-			return usagef("-%s: must be more than 0", d.name)
+			return badFlag(d.name, "-%s: must be more than 0", d.name)
 		}
 	}
 	if c.Probation > 0 && c.Probation >= c.UpgradeTimeout {
-		return usagef("-probation %v: must be shorter than -upgrade-timeout (%v)", c.Probation, c.UpgradeTimeout)
+		return badFlag("probation", "-probation %v: must be shorter than -upgrade-timeout (%v)", c.Probation, c.UpgradeTimeout)
 	}
 	switch c.LogFormat {
 	case "json", "console", "auto":
 	default:
-		return usagef("-log-format %q: want json, console or auto", c.LogFormat)
+		return badFlag("log-format", "-log-format %q: want json, console or auto", c.LogFormat)
 	}
 	if c.DataDir == "" {
-		return usagef("-data-dir: must not be empty")
+		return badFlag("data-dir", "-data-dir: must not be empty")
 	}
 	if c.ControlAddr != "" {
 		host, _, err := net.SplitHostPort(c.ControlAddr)
 		if err != nil {
-			return usagef("-control-addr %q: want host:port, such as 127.0.0.1:9090", c.ControlAddr)
+			return badFlag("control-addr", "-control-addr %q: want host:port, such as 127.0.0.1:9090", c.ControlAddr)
 		}
 		if !c.AllowRemote && !isLoopback(host) {
-			return usagef("-control-addr %q is not a loopback address, and the control API can stop the server: "+
+			return badFlag("control-addr", "-control-addr %q is not a loopback address, and the control API can stop the server: "+
 				"use 127.0.0.1 or [::1], or set -allow-remote-control if you mean it", c.ControlAddr)
 		}
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		return usagef("-tls-cert and -tls-key go together: give both, or neither")
+		return badFlag("tls-cert", "-tls-cert and -tls-key go together: give both, or neither")
 	}
 	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
-		return usagef("-log-level %q: want debug, info, warn or error", c.LogLevel)
+		return badFlag("log-level", "-log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
 	return nil
 }

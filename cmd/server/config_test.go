@@ -89,6 +89,10 @@ func TestConfigErrors(t *testing.T) {
 		{"file syntax", nil, nil, "addr = \"127.0.0.1:1\"\nthis is not toml\n", []string{"line 2"}},
 		{"file table", nil, nil, "[server]\naddr = \"x\"\n", []string{`"server"`}},
 		{"version in file", nil, nil, "version = true\n", []string{`"version"`, "unknown key"}},
+		// Regression, found by FuzzConfigFile: a value that parses but
+		// fails validation named the flag, not the file line and key.
+		{"file value fails validation", nil, nil, "# x\naddr = \"\"\n", []string{"config file", "line 2", `key "addr"`, "host:port"}},
+		{"env value fails validation", nil, map[string]string{"HANDOFF_LOG_FORMAT": "xml"}, "", []string{"HANDOFF_LOG_FORMAT", "json, console or auto"}},
 		{"missing file", []string{"-config", "/nonexistent/handoff.toml"}, nil, "", []string{"/nonexistent/handoff.toml"}},
 	}
 	for _, tt := range tests {
@@ -126,4 +130,35 @@ func TestRunVersionAndHelp(t *testing.T) {
 	if !strings.Contains(out.String(), "-drain-timeout") || !strings.Contains(out.String(), "HANDOFF_DRAIN_TIMEOUT") {
 		t.Errorf("-h printed %q, want the flags and their environment variables", out.String())
 	}
+}
+
+// FuzzConfigFile feeds arbitrary files to the config parser: it never
+// panics, and it either yields a config that passes validation or a usage
+// error that names the file.
+func FuzzConfigFile(f *testing.F) {
+	f.Add("addr = \"127.0.0.1:8080\"\ndrain-timeout = \"20s\"\n")
+	f.Add("# comment\nlog-level = \"debug\"\nprobation = \"1s\"\n")
+	f.Add("drain-timeout = 30\n")
+	f.Add("[server]\naddr = \"x\"\n")
+	f.Add("addr = \"127.0.0.1:1\"\naddr = \"127.0.0.1:2\"\n")
+	f.Add("allow-remote-control = true\ncontrol-addr = \"0.0.0.0:9\"\n")
+	f.Add("\"drain-timeout\" = \"1s\"\n'idle-grace' = \"2s\"\n")
+	f.Add("version = true\n")
+	f.Fuzz(func(t *testing.T, body string) {
+		path := filepath.Join(t.TempDir(), "fuzz.toml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := parseConfig([]string{"-config", path}, env(nil), io.Discard)
+		if err != nil {
+			var ue *usageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), path) {
+				t.Errorf("config %q: error %v, want a usage error naming the file", body, err)
+			}
+			return
+		}
+		if err := c.validate(); err != nil {
+			t.Errorf("config %q parsed but does not validate: %v", body, err)
+		}
+	})
 }
