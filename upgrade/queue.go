@@ -242,15 +242,8 @@ func (u *Upgrader) waitTurn() bool {
 	if u.parent == nil {
 		return true
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := untilClosed(u.stopC)
 	defer cancel()
-	go func() { // ends with waitTurn
-		select {
-		case <-u.stopC:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	quick, qcancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	err := u.tf.WaitForParent(quick)
 	qcancel()

@@ -250,18 +250,25 @@ func New(opts Options) (*Upgrader, error) {
 
 func (u *Upgrader) awaitParentExit() {
 	defer u.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := untilClosed(u.finished)
 	defer cancel()
-	go func() { // ends with awaitParentExit
+	if u.tf.WaitForParent(ctx) == nil || ctx.Err() == nil {
+		close(u.prevGone)
+	}
+}
+
+// untilClosed returns a context that ends when done is closed or cancel is
+// called, whichever comes first.
+func untilClosed(done <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { // ends when done is closed or the context is canceled
 		select {
-		case <-u.finished:
+		case <-done:
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
-	if u.tf.WaitForParent(ctx) == nil || ctx.Err() == nil {
-		close(u.prevGone)
-	}
+	return ctx, cancel
 }
 
 // PreviousExited returns a channel closed once the generation this one
