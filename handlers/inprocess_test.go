@@ -28,14 +28,14 @@ func startInProcess(log zerolog.Logger) (*upgrade.Upgrader, string, error) {
 		return nil, "", err
 	}
 	st := u.Status()
-	u.Serve(&http.Server{
+	u.Serve(ln, upgrade.HTTP(&http.Server{
 		Handler: handlers.New(handlers.Options{
 			Info:      handlers.Info{PID: st.PID, Generation: st.Generation, Version: st.Version, StartedAt: st.StartedAt},
 			Lifecycle: u,
 			Logger:    log,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
-	}, ln)
+	}), nil)
 	if err := u.Ready(); err != nil {
 		return nil, "", err
 	}

@@ -15,9 +15,9 @@ type cleanup struct {
 // under its own deadline. A hook that outlives its deadline is abandoned,
 // not waited for: the process is about to exit.
 func (u *Upgrader) runCleanups() {
-	u.mu.Lock()
+	u.regMu.Lock()
 	hooks := append([]cleanup(nil), u.cleanups...)
-	u.mu.Unlock()
+	u.regMu.Unlock()
 	for i := len(hooks) - 1; i >= 0; i-- {
 		h := hooks[i]
 		start := time.Now()

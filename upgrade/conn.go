@@ -74,7 +74,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.t.log.Debug().Str("remote_addr", c.RemoteAddr().String()).Str("local_addr", c.LocalAddr().String()).Msg("connection accepted")
+	l.t.log.Trace().Str("remote_addr", c.RemoteAddr().String()).Str("local_addr", c.LocalAddr().String()).Msg("connection accepted")
 	return l.t.add(c), nil
 }
 

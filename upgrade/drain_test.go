@@ -26,7 +26,7 @@ type inProcess struct {
 
 // startInProcess serves h on a loopback port through a standalone
 // Upgrader, and stops it when the test ends.
-func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler) *inProcess {
+func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler, setup ...func(*upgrade.Upgrader)) *inProcess {
 	t.Helper()
 	opts.Standalone = true
 	opts.IgnoreSignals = true
@@ -42,7 +42,10 @@ func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler) *inProce
 	var p http.Protocols
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
-	u.Serve(&http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 5 * time.Second}, ln)
+	u.Serve(ln, upgrade.HTTP(&http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 5 * time.Second}), nil)
+	for _, f := range setup {
+		f(u)
+	}
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
@@ -373,19 +376,26 @@ func TestCleanupOrderAndBounds(t *testing.T) {
 		order = append(order, s)
 		mu.Unlock()
 	}
-	s := startInProcess(t, upgrade.Options{CleanupTimeout: 100 * time.Millisecond}, okHandler())
-	s.u.OnCleanup("close database", func(ctx context.Context) error { note("database"); return nil })
-	s.u.OnCleanup("hangs", func(ctx context.Context) error { note("hangs"); select {} })
-	s.u.OnCleanup("fails", func(ctx context.Context) error { note("fails"); return errors.New("disk full") })
-	s.u.OnCleanup("persist cache", func(ctx context.Context) error {
-		select {
-		case <-s.u.Draining():
-			note("cache")
-		default:
-			note("cache before drain")
-		}
-		return nil
+	s := startInProcess(t, upgrade.Options{CleanupTimeout: 100 * time.Millisecond}, okHandler(), func(u *upgrade.Upgrader) {
+		u.OnCleanup("close database", func(ctx context.Context) error { note("database"); return nil })
+		u.OnCleanup("hangs", func(ctx context.Context) error { note("hangs"); select {} })
+		u.OnCleanup("fails", func(ctx context.Context) error { note("fails"); return errors.New("disk full") })
+		u.OnCleanup("persist cache", func(ctx context.Context) error {
+			select {
+			case <-u.Draining():
+				note("cache")
+			default:
+				note("cache before drain")
+			}
+			return nil
+		})
 	})
+	if err := s.u.OnCleanup("late", func(context.Context) error { return nil }); err == nil {
+		t.Error("OnCleanup after Ready: err = nil, want an error")
+	}
+	if _, err := s.u.Listen(t.Context(), "tcp", "127.0.0.1:0"); err == nil {
+		t.Error("Listen after Ready: err = nil, want an error")
+	}
 	if err := s.u.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -417,7 +427,7 @@ func TestSecondSignalForcesExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: h}
-	u.Serve(srv, ln)
+	u.Serve(ln, upgrade.HTTP(srv), nil)
 	u.Ready()
 	runErr := make(chan error, 1)
 	go func() { runErr <- u.Run(context.Background()) }()

@@ -27,7 +27,7 @@ func Example() {
 		if err != nil {
 			return err
 		}
-		u.Serve(&http.Server{Handler: http.NotFoundHandler(), ReadHeaderTimeout: 5 * time.Second}, ln)
+		u.Serve(ln, upgrade.HTTP(&http.Server{Handler: http.NotFoundHandler(), ReadHeaderTimeout: 5 * time.Second}), nil)
 		u.OnCleanup("close database", func(context.Context) error { return db.Close() })
 		if err := u.Ready(); err != nil {
 			return err
@@ -50,11 +50,11 @@ func Example_inProcess() {
 		log.Fatal(err)
 	}
 	started := make(chan struct{})
-	u.Serve(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.Serve(ln, upgrade.HTTP(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(started)
 		time.Sleep(100 * time.Millisecond) // work in flight when Shutdown begins
 		io.WriteString(w, "finished")
-	})}, ln)
+	})}), nil)
 	u.Ready()
 
 	answer := make(chan string)

@@ -47,9 +47,9 @@ func helperMain() int {
 		return 1
 	}
 	gen := u.Generation()
-	u.Serve(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.Serve(ln, upgrade.HTTP(&http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d %d", gen, os.Getpid())
-	})}, ln)
+	})}), nil)
 	u.OnCleanup("mark", func(context.Context) error {
 		f, err := os.OpenFile(os.Getenv("HANDOFF_TEST_MARKS"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 		if err != nil {

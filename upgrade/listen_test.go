@@ -28,6 +28,7 @@ func TestCanonicalAddr(t *testing.T) {
 		{"unix", "/run/x.sock", "/run/x.sock"},
 		{"unix", "data/../data/x.sock", filepath.Join(wd, "data/x.sock")},
 		{"unix", "@abstract", "@abstract"},
+		{"udp", "localhost:5353", "127.0.0.1:5353"},
 	}
 	for _, tt := range tests {
 		got, err := upgrade.CanonicalAddr(tt.network, tt.addr)
@@ -36,7 +37,7 @@ func TestCanonicalAddr(t *testing.T) {
 		}
 	}
 	for _, bad := range []struct{ network, addr string }{
-		{"tcp", "8080"}, {"tcp", "nosuchhost.invalid:80"}, {"udp", "127.0.0.1:53"}, {"unix", ""},
+		{"tcp", "8080"}, {"tcp", "nosuchhost.invalid:80"}, {"sctp", "127.0.0.1:53"}, {"unix", ""},
 	} {
 		if got, err := upgrade.CanonicalAddr(bad.network, bad.addr); err == nil {
 			t.Errorf("CanonicalAddr(%q, %q) = %q, want an error", bad.network, bad.addr, got)

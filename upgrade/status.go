@@ -20,17 +20,27 @@ const (
 
 // Status is a snapshot of a generation, for operators and health checks.
 type Status struct {
-	PID         int       `json:"pid"`
-	ParentPID   int       `json:"parent_pid,omitempty"`
-	Generation  int       `json:"generation"`
-	Version     string    `json:"version"`
-	State       State     `json:"state"`
-	StartedAt   time.Time `json:"started_at"`
-	Uptime      Duration  `json:"uptime_ms"`
-	InFlight    int64     `json:"in_flight_requests"`
-	Connections int64     `json:"open_connections"`
+	PID        int       `json:"pid"`
+	ParentPID  int       `json:"parent_pid,omitempty"`
+	Generation int       `json:"generation"`
+	Version    string    `json:"version"`
+	State      State     `json:"state"`
+	StartedAt  time.Time `json:"started_at"`
+	Uptime     Duration  `json:"uptime_ms"`
+	// Mode is how this generation hands over: "chain" (each generation
+	// starts the next and exits), "supervised" (a supervisor that never
+	// exits starts every generation) or "standalone" (no handoff).
+	Mode string `json:"mode"`
+	// InFlight, Connections and Requests count the service's traffic:
+	// every server but the control servers (ServeOptions.Control).
+	InFlight    int64 `json:"in_flight_requests"`
+	Connections int64 `json:"open_connections"`
 	// Requests counts requests this generation started to serve.
 	Requests int64 `json:"requests"`
+	// Servers has the same counts for each server, control ones included.
+	Servers []ServerStatus `json:"servers"`
+	// Supervisor describes the supervisor, in supervised mode.
+	Supervisor *SupervisorInfo `json:"supervisor,omitempty"`
 	// UpgradePending is true while an upgrade request waits its turn.
 	UpgradePending bool `json:"upgrade_pending"`
 	// Upgrades counts upgrade attempts by result, over the life of the
@@ -44,6 +54,28 @@ type Status struct {
 	LastDrain *DrainRecord `json:"last_drain,omitempty"`
 }
 
+// ServerStatus is the traffic of one server this generation serves.
+type ServerStatus struct {
+	Name    string `json:"name"`
+	Network string `json:"network"`
+	Addr    string `json:"addr"`
+	Control bool   `json:"control,omitempty"`
+	// Requests and InFlight count requests, RPCs or messages, as the
+	// server's kind does; a server that cannot tell leaves them zero.
+	Requests    int64 `json:"requests"`
+	InFlight    int64 `json:"in_flight"`
+	Connections int64 `json:"open_connections"`
+}
+
+// SupervisorInfo describes the supervisor of a supervised service.
+type SupervisorInfo struct {
+	PID       int       `json:"pid"`
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"started_at"`
+	// Execs counts the times it replaced its own binary in place.
+	Execs int `json:"execs"`
+}
+
 // UpgradeCounts counts upgrade attempts by result.
 type UpgradeCounts struct {
 	Succeeded int64 `json:"succeeded"`
@@ -53,7 +85,7 @@ type UpgradeCounts struct {
 // UpgradeRecord describes one upgrade attempt.
 type UpgradeRecord struct {
 	OK        bool      `json:"ok"`
-	Source    string    `json:"source"` // "signal", "api", "queued"
+	Source    string    `json:"source"` // "signal", "api", "queued", "forwarded", "crash"
 	StartedAt time.Time `json:"started_at"`
 	// Duration is from the start of the attempt to the new generation's
 	// ready report (or to the failure).
@@ -90,8 +122,16 @@ type CloseCounts struct {
 	Idle int64 `json:"idle"`
 	// ByPeer: idle HTTP/1 connections that the client closed first.
 	ByPeer int64 `json:"by_peer"`
-	// HTTP2: HTTP/2 connections, closed after GOAWAY and their last stream.
+	// HTTP2: HTTP/2 connections, closed after GOAWAY and their last stream
+	// (gRPC connections are counted here too).
 	HTTP2 int64 `json:"http2"`
+	// HTTP2TwoStep: HTTP/2 connections ended with the two-step GOAWAY of
+	// RFC 9113 §6.8 (a first GOAWAY and a PING, the final GOAWAY after its
+	// acknowledgement), a subset of HTTP2.
+	HTTP2TwoStep int64 `json:"http2_two_step,omitempty"`
+	// StreamsBetweenGoaways: HTTP/2 streams the clients opened between the
+	// two GOAWAYs, all of them served.
+	StreamsBetweenGoaways int64 `json:"streams_between_goaways,omitempty"`
 	// Hijacked: connections taken over by a handler (WebSocket) that ended.
 	Hijacked int64 `json:"hijacked"`
 	// Forced: connections still open at the drain deadline.
@@ -110,6 +150,8 @@ func (c *CloseCounts) add(o CloseCounts) {
 	c.HTTP2 += o.HTTP2
 	c.Hijacked += o.Hijacked
 	c.Forced += o.Forced
+	c.HTTP2TwoStep += o.HTTP2TwoStep
+	c.StreamsBetweenGoaways += o.StreamsBetweenGoaways
 }
 
 // Duration is a time.Duration that encodes in JSON as fractional

@@ -60,6 +60,14 @@ func (n *notifier) handedOver(pid int) {
 		fmt.Sprintf("STATUS=serving, pid %d (upgraded)", pid))
 }
 
+// mainPID names pid as the main process, for a generation whose
+// predecessor, the main process, died before the handoff. It is heard
+// only with NotifyAccess=all; supervised mode has no such gap.
+func (n *notifier) mainPID(pid int) {
+	n.send(fmt.Sprintf("MAINPID=%d", pid), daemon.SdNotifyReady,
+		fmt.Sprintf("STATUS=serving, pid %d (its predecessor died before the handoff)", pid))
+}
+
 // reloadFailed ends the reload too, so that systemctl reload returns at
 // once; the status line says why it failed.
 func (n *notifier) reloadFailed(reason string) {

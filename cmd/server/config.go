@@ -41,6 +41,8 @@ type config struct {
 	AllowRemote    bool
 	ConfigFile     string
 	ShowVersion    bool
+	Supervise      bool
+	RestartOnCrash bool
 }
 
 // controlSocket is the unix socket of the control API in the data directory,
@@ -101,6 +103,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ControlAddr, "control-addr", "", "loopback `host:port` of the control API instead of the unix socket data-dir/control.sock")
 	fs.StringVar(&c.ControlToken, "control-token-file", "", "`path` of the control API's bearer token (default data-dir/control.token; created with a random token if missing)")
 	fs.BoolVar(&c.AllowRemote, "allow-remote-control", false, "allow a -control-addr that is not a loopback address")
+	fs.BoolVar(&c.Supervise, "supervise", false, "stay as a supervisor that holds the sockets and starts every generation as its child, so the pid systemd, a container or a shell started never changes")
+	fs.BoolVar(&c.RestartOnCrash, "restart-on-crash", false, "with -supervise: restart a generation that exits on its own, with backoff (default: the supervisor exits 1)")
 	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a TOML config file whose keys are these flag names")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
 }

@@ -128,6 +128,9 @@ func printSummary(w io.Writer, verb string, body []byte) error {
 			time.Duration(s.Uptime).Round(time.Second))
 		fmt.Fprintf(w, "%d requests in flight on %d connections; %d served; upgrades: %d succeeded, %d failed\n",
 			s.InFlight, s.Connections, s.Requests, s.Upgrades.Succeeded, s.Upgrades.Failed)
+		if sv := s.Supervisor; sv != nil {
+			fmt.Fprintf(w, "supervisor: pid %d, version %s, up %s\n", sv.PID, sv.Version, time.Since(sv.StartedAt).Round(time.Second))
+		}
 		if u := s.LastUpgrade; u != nil {
 			outcome := "ok"
 			if !u.OK {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/handoff-go/handoff/upgrade"
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
@@ -16,6 +17,8 @@ import (
 func newLogger(format, level string, w io.Writer) zerolog.Logger {
 	lvl, _ := zerolog.ParseLevel(level) // validated with the config
 	if format == "console" || (format == "auto" && isTerminal(w)) {
+		// isTerminal asks upgrade, which knows the service's stderr even in
+		// a generation whose own stderr is still a pipe through the last.
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
 	}
 	return zerolog.New(w).Level(lvl).Hook(timestampHook{})
@@ -23,6 +26,9 @@ func newLogger(format, level string, w io.Writer) zerolog.Logger {
 
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
+	if ok && f == os.Stderr {
+		return upgrade.StderrIsTerminal()
+	}
 	return ok && isatty.IsTerminal(f.Fd())
 }
 

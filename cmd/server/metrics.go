@@ -27,11 +27,11 @@ var (
 	descGeneration = prometheus.NewDesc("handoff_generation",
 		"Generation of this process: 1 for the first, one more per handoff.", nil, nil)
 	descRequests = prometheus.NewDesc("handoff_http_requests_total",
-		"HTTP requests this generation began to serve, on every listener.", nil, nil)
+		"Requests this generation began to serve, by server (public, control, grpc).", []string{"server"}, nil)
 	descInFlight = prometheus.NewDesc("handoff_http_requests_in_flight",
-		"HTTP requests being served now.", nil, nil)
+		"Requests being served now, by server.", []string{"server"}, nil)
 	descConnections = prometheus.NewDesc("handoff_connections_open",
-		"Connections open now, on every listener.", nil, nil)
+		"Connections open now, by server.", []string{"server"}, nil)
 	descUpgrades = prometheus.NewDesc("handoff_upgrades_total",
 		"Upgrade attempts over the life of the service, by result.", []string{"result"}, nil)
 	descDrainSeconds = prometheus.NewDesc("handoff_last_drain_duration_seconds",
@@ -67,9 +67,11 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
 	gauge(descGeneration, float64(st.Generation))
-	counter(descRequests, float64(st.Requests))
-	gauge(descInFlight, float64(st.InFlight))
-	gauge(descConnections, float64(st.Connections))
+	for _, sv := range st.Servers {
+		counter(descRequests, float64(sv.Requests), sv.Name)
+		gauge(descInFlight, float64(sv.InFlight), sv.Name)
+		gauge(descConnections, float64(sv.Connections), sv.Name)
+	}
 	gauge(descUptime, time.Duration(st.Uptime).Seconds())
 	counter(descUpgrades, float64(st.Upgrades.Succeeded), "succeeded")
 	counter(descUpgrades, float64(st.Upgrades.Failed), "failed")

@@ -39,11 +39,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 
+	logger := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
+	if cfg.Supervise {
+		// The process started by systemd, a container runtime or a shell
+		// stays as the supervisor; the server proper runs in its children.
+		isSupervisor, err := upgrade.Supervise(ctx, upgrade.SupervisorOptions{
+			Logger:         logger,
+			Version:        version,
+			UpgradeTimeout: cfg.UpgradeTimeout,
+			StopTimeout:    cfg.ShutdownDelay + cfg.DrainTimeout + 3*cfg.CleanupTimeout + 10*time.Second,
+			RestartOnCrash: cfg.RestartOnCrash,
+		})
+		if isSupervisor {
+			return err
+		}
+	}
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return err
 	}
 	upg, err := upgrade.New(upgrade.Options{
-		Logger:         newLogger(cfg.LogFormat, cfg.LogLevel, stderr),
+		Logger:         logger,
 		Version:        version,
 		PIDFile:        cfg.PIDFile,
 		UpgradeTimeout: cfg.UpgradeTimeout,
@@ -68,8 +83,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	// Cleanup runs last registered first: persist the cache, then close.
-	upg.OnCleanup("close database", kv.Close)
-	upg.OnCleanup("persist cache", kv.PersistCache)
+	if err := upg.OnCleanup("close database", kv.Close); err != nil {
+		return err
+	}
+	if err := upg.OnCleanup("persist cache", kv.PersistCache); err != nil {
+		return err
+	}
 
 	var tlsConfig *tls.Config
 	if cfg.TLSCert != "" {
@@ -103,7 +122,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          stdLogger(log.With().Str("component", "http").Logger()),
 	}
-	upg.Serve(public, ln)
+	if err := upg.Serve(ln, upgrade.HTTP(public), &upgrade.ServeOptions{Name: "public"}); err != nil {
+		return err
+	}
 
 	network, addr := cfg.controlListen()
 	cln, err := upg.ListenNamed(ctx, "control", network, addr)
@@ -128,7 +149,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxHeaderBytes: maxHeaderBytes,
 		ErrorLog:       stdLogger(clog),
 	}
-	upg.Serve(control, cln)
+	// Only the serving generation answers on the control socket: one still
+	// starting or in probation would answer for a service it does not run.
+	if err := upg.Serve(cln, upgrade.HTTP(control), &upgrade.ServeOptions{Name: "control", Control: true}); err != nil {
+		return err
+	}
 	injectFaults(getenv, upg, log)
 
 	if err := upg.Ready(); err != nil {
