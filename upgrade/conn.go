@@ -20,22 +20,24 @@ var h2Preface = []byte("PRI * HTTP/2.0\r\n")
 // when, and whether it speaks HTTP/2. The drain reads it to decide which
 // connections may be closed and which must be left to finish.
 type tracker struct {
-	log     zerolog.Logger
-	mu      sync.Mutex
-	conns   map[*trackedConn]struct{}
-	nextID  uint64
-	changed chan struct{} // receives a value, without blocking, on every close
+	log      zerolog.Logger
+	logConns bool
+	mu       sync.Mutex
+	conns    map[*trackedConn]struct{}
+	nextID   uint64
+	changed  chan struct{} // receives a value, without blocking, on every close
 	// draining and forcing decide how a close is counted.
 	draining bool
 	forcing  bool
 	closed   CloseCounts
 }
 
-func newTracker(log zerolog.Logger) *tracker {
+func newTracker(log zerolog.Logger, logConns bool) *tracker {
 	return &tracker{
-		log:     log,
-		conns:   make(map[*trackedConn]struct{}),
-		changed: make(chan struct{}, 1),
+		log:      log,
+		logConns: logConns,
+		conns:    make(map[*trackedConn]struct{}),
+		changed:  make(chan struct{}, 1),
 	}
 }
 
@@ -74,7 +76,9 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.t.log.Trace().Str("remote_addr", c.RemoteAddr().String()).Str("local_addr", c.LocalAddr().String()).Msg("connection accepted")
+	if l.t.logConns {
+		l.t.log.Debug().Str("remote_addr", c.RemoteAddr().String()).Str("local_addr", c.LocalAddr().String()).Msg("connection accepted")
+	}
 	return l.t.add(c), nil
 }
 

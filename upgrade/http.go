@@ -42,7 +42,7 @@ func HTTP(srv *http.Server) Server {
 
 func (s *httpServer) hook(hooks serverHooks) {
 	s.hooks = hooks
-	s.t = newTracker(hooks.log)
+	s.t = newTracker(hooks.log, hooks.logConns)
 	srv := s.srv
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {

@@ -490,7 +490,11 @@ func (u *Upgrader) finish(handoff bool, reason string, deadline time.Time, attem
 	defer close(u.finished)
 	if !handoff {
 		u.log.Info().Str("reason", reason).Float64("shutdown_delay_ms", ms(u.opts.ShutdownDelay)).Msg("stopping")
-		u.notify.stopping()
+		if committed {
+			// Only the main process is heard; one that never took over
+			// is not it.
+			u.notify.stopping()
+		}
 		if u.opts.ShutdownDelay > 0 {
 			time.Sleep(u.opts.ShutdownDelay)
 		}
@@ -517,7 +521,7 @@ func (u *Upgrader) finish(handoff bool, reason string, deadline time.Time, attem
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), dl)
 	stopExtend := func() {}
-	if !handoff {
+	if !handoff && committed {
 		// After a handoff this process is no longer systemd's main
 		// process, and the stop timeout is not its concern.
 		stopExtend = u.notify.extendDuring(time.Until(dl))

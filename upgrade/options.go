@@ -85,6 +85,10 @@ type Options struct {
 	// decides whether it can start without. It is bounded by
 	// DefaultHandOverTimeout. Zero means no state is handed over.
 	HandOver func(ctx context.Context) ([]byte, error)
+	// LogConnections logs each accepted connection (a Debug event with its
+	// addresses), for tracing which generation took which connection. Zero
+	// means no per-connection events, whatever the logger's level.
+	LogConnections bool
 	// Standalone disables the handoff: listeners are bound directly and
 	// upgrades fail with ErrStandalone. Use it to embed a server in a
 	// process that is not its own, such as a test.

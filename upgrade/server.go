@@ -86,6 +86,7 @@ type serverHooks struct {
 	idleGrace   time.Duration
 	closeSpread time.Duration
 	draining    <-chan struct{}
+	logConns    bool
 }
 
 // serving is one registered server and its socket.
@@ -132,6 +133,7 @@ func (u *Upgrader) register(sv *serving, o *ServeOptions) error {
 			idleGrace:   u.opts.IdleGrace,
 			closeSpread: u.opts.CloseSpread,
 			draining:    u.drainingC,
+			logConns:    u.opts.LogConnections,
 		})
 	}
 	u.regMu.Lock()

@@ -131,10 +131,9 @@ func New(opts Options) (*Upgrader, error) {
 	if u.up != nil {
 		u.up.log = u.log
 	}
-	if u.mode == modeChain && u.up == nil {
-		// Generations started by an upgrade report to the previous one,
-		// and a supervised one to its supervisor; only the first
-		// generation of a chain speaks to systemd.
+	if u.mode == modeChain {
+		// In a chain each generation becomes systemd's main process when
+		// it takes over. A supervised one never is: the supervisor speaks.
 		u.notify = newNotifier(u.log)
 	}
 	ev := u.log.Info().Str("version", opts.Version).Str("mode", u.mode)

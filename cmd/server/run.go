@@ -68,6 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		CloseSpread:    cfg.CloseSpread,
 		CleanupTimeout: cfg.CleanupTimeout,
 		Probation:      cfg.Probation,
+		LogConnections: cfg.LogLevel == "debug",
 	})
 	if err != nil {
 		return err
