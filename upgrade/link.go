@@ -219,7 +219,9 @@ func (l *link) send(m message, timeout time.Duration, files ...*os.File) error {
 	if len(files) > 0 {
 		fds := make([]int, len(files))
 		for i, f := range files {
-			fds[i] = int(f.Fd())
+			if fds[i], err = rawFD(f); err != nil {
+				return fmt.Errorf("link: send %s: %w", m.Type, err)
+			}
 		}
 		oob = unix.UnixRights(fds...)
 	}
@@ -265,6 +267,22 @@ func (l *link) read() {
 		}
 		l.in <- inbound{msg: m, files: files}
 	}
+}
+
+// rawFD returns f's descriptor without the side effect of f.Fd(), which
+// puts it in blocking mode: a socket's mode is shared by every copy of it,
+// the listener that accepts on it included, and a blocking accept cannot be
+// interrupted by Close.
+func rawFD(f *os.File) (int, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := raw.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 var errLinkClosed = errors.New("link closed by the other process")

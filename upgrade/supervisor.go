@@ -365,9 +365,13 @@ func (s *supervisor) start(source string, w *waiter) {
 		Upgrades: s.upgrades, StderrFD: 4, LastDrain: s.lastDrain, Supervisor: s.info(),
 	}
 	for _, hs := range s.socks {
+		fd, err := rawFD(hs.file)
+		if err != nil {
+			continue
+		}
 		h.Listeners = append(h.Listeners, hs.key)
 		h.FDs = append(h.FDs, len(files))
-		files = append(files, hs.file.Fd())
+		files = append(files, uintptr(fd))
 	}
 	pid, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{
 		Env:   append(childEnv(), envSupervisor+"=3"),
@@ -441,7 +445,7 @@ func childEnv() []string {
 }
 
 func (s *supervisor) onMessage(g *gen, in inbound) {
-	defer closeFiles(in.files)
+	defer func() { closeFiles(in.files) }() // those not kept
 	if in.err != nil {
 		return // the generation exits; reap says how
 	}
@@ -783,8 +787,13 @@ func (s *supervisor) maybeReexec(g *gen) {
 	}
 	var keep []int
 	for _, hs := range s.socks {
-		st.Sockets = append(st.Sockets, heldState{Key: hs.key, FD: int(hs.file.Fd())})
-		keep = append(keep, int(hs.file.Fd()))
+		fd, err := rawFD(hs.file)
+		if err != nil {
+			s.log.Warn().Err(err).Msg("supervisor self-upgrade: skipped")
+			return
+		}
+		st.Sockets = append(st.Sockets, heldState{Key: hs.key, FD: fd})
+		keep = append(keep, fd)
 	}
 	for _, c := range s.gens {
 		fd, err := connFD(c.link.conn)
