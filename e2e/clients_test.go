@@ -53,6 +53,13 @@ func (t *tally) success(kind, gen string) {
 func (t *tally) fail(kind, what string, detail error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// A failure whose error names its connection (a net.OpError, as Go's
+	// HTTP/2 client reports) records it, so a test can tell which server
+	// process held it.
+	var oe *net.OpError
+	if errors.As(detail, &oe) && oe.Source != nil {
+		t.lost = append(t.lost, oe.Source.String())
+	}
 	if t.failed[kind] == nil {
 		t.failed[kind] = map[string]int{}
 	}
@@ -65,6 +72,11 @@ func (t *tally) fail(kind, what string, detail error) {
 // failOn records a failure on the connection c, whose local address says
 // which server process held it.
 func (t *tally) failOn(kind, what string, detail error, c net.Conn) {
+	var oe *net.OpError
+	if errors.As(detail, &oe) && oe.Source != nil {
+		t.fail(kind, what, detail) // recorded from the error
+		return
+	}
 	t.fail(kind, what, detail)
 	t.mu.Lock()
 	t.lost = append(t.lost, c.LocalAddr().String())

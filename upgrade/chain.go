@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -300,6 +301,10 @@ func (u *Upgrader) attemptChain(a *attempt) (*successor, UpgradeRecord, error) {
 			restore()
 			if err != nil {
 				mine.close()
+				// tableflip keeps its ends of the child's readiness pipes
+				// until they are garbage collected; collect them now, so
+				// failed upgrades leak no descriptor.
+				runtime.GC()
 				uerr := parseChildError(err, t.lines())
 				if uerr.ChildPID == 0 {
 					uerr.ChildPID = childPID
