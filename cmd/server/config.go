@@ -144,14 +144,16 @@ func boolFlag(fs *flag.FlagSet, p *bool, name string, value bool, usage string) 
 	fs.Var((*boolValue)(p), name, usage)
 }
 
-// notInFile are flags that make no sense in a config file.
-var notInFile = map[string]bool{"config": true, "version": true}
+// notInFile are flags that make no sense in a config file: what to read,
+// and what to print instead of serving (ctl's output format too).
+var notInFile = map[string]bool{"config": true, "version": true, "json": true, "field": true}
 
 // notInEnv are flags that no environment variable sets: a HANDOFF_VERSION
 // that a deploy pipeline exports for its own use must not make the server
 // print its version and exit 0 (under systemd it would silently stay
-// down). -h is no flag of the set, so no variable reaches it either.
-var notInEnv = map[string]bool{"version": true}
+// down), nor may a HANDOFF_JSON change the output a script of server ctl
+// reads. -h is no flag of the set, so no variable reaches it either.
+var notInEnv = map[string]bool{"version": true, "json": true, "field": true}
 
 func envName(flagName string) string {
 	return "HANDOFF_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))

@@ -46,7 +46,7 @@ func runCtl(ctx context.Context, args []string, getenv func(string) string, stdo
 	var fields string
 	var timeout time.Duration
 	cfg, err := parseConfig(args[1:], getenv, stdout, func(fs *flag.FlagSet) {
-		fs.BoolVar(&asJSON, "json", false, "ctl: print the server's JSON answer")
+		boolFlag(fs, &asJSON, "json", false, "ctl: print the server's JSON answer")
 		fs.StringVar(&fields, "field", "", "ctl: print these `fields` of the JSON answer, comma-separated (pid,version or upgrades.failed), one value per line: "+
 			"a string as is, anything else as JSON; for scripts, which then need no JSON parser")
 		durationFlag(fs, &timeout, "timeout", 0, "ctl: how long to wait for the answer (default: -upgrade-timeout plus -probation plus 30s for upgrade, 10s otherwise)")

@@ -62,10 +62,13 @@ func TestCtlField(t *testing.T) {
 		{"status", "upgrades.nope", "", `no field "upgrades.nope" (it has failed, succeeded)`},
 		{"shutdown", "status", "", "exit status 3 (HTTP 502)"},
 	}
+	// The output format is set by flags only: a script's environment
+	// cannot change what it reads.
+	ctlEnv := env(map[string]string{"HANDOFF_JSON": "1", "HANDOFF_FIELD": "state"})
 	for _, tt := range tests {
 		var out bytes.Buffer
 		args := []string{tt.verb, "-field", tt.fields, "-control-addr", addr, "-control-token-file", tokenFile}
-		err := runCtl(t.Context(), args, env(nil), &out)
+		err := runCtl(t.Context(), args, ctlEnv, &out)
 		switch {
 		case tt.wantErr == "" && err != nil:
 			t.Errorf("server ctl %s -field %s: %v", tt.verb, tt.fields, err)
@@ -81,5 +84,15 @@ func TestCtlField(t *testing.T) {
 	var ue *usageError
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "-json and -field") {
 		t.Errorf("server ctl status -json -field pid: %v, want a usage error", err)
+	}
+}
+
+func TestCtlOutputFormatIsFlagOnly(t *testing.T) {
+	addr, tokenFile := fakeControl(t, map[string]string{"GET /status": `{"pid":42,"version":"v1"}` + "\n"})
+	var out bytes.Buffer
+	err := runCtl(t.Context(), []string{"status", "-control-addr", addr, "-control-token-file", tokenFile},
+		env(map[string]string{"HANDOFF_JSON": "true", "HANDOFF_FIELD": "pid"}), &out)
+	if err != nil || !strings.HasPrefix(out.String(), "pid 42, generation 0, version v1") {
+		t.Errorf("server ctl status with HANDOFF_JSON and HANDOFF_FIELD set: %v, printed %q; want the summary", err, out.String())
 	}
 }
