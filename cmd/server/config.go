@@ -421,8 +421,8 @@ func usageText(fs *flag.FlagSet) string {
 
 Every flag can also be set by an environment variable (HANDOFF_ and the
 flag name in capitals, - as _: HANDOFF_DRAIN_TIMEOUT) or by a key of the
-same name in the -config file, except -version and -h, which are flags
-only. Flags override the environment, which overrides the file. Booleans
+same name in the -config file, except -version, -h and ctl's -json and
+-field, which are flags only. Flags override the environment, which overrides the file. Booleans
 are true or false (or 1, 0, t, f, TRUE, FALSE).
 
 Flags:
