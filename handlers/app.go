@@ -1,9 +1,7 @@
 package handlers
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -63,18 +61,13 @@ func Slow(info Info) http.Handler {
 }
 
 // Echo answers with the request body, under the request's Content-Type.
-// A body over MaxEchoBody is a 413.
+// A body over MaxEchoBody is a 413, refused unread when its
+// Content-Length says so (see readBody).
 func Echo() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxEchoBody))
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("request body is larger than %d bytes; send at most that", MaxEchoBody))
-			return
-		}
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
+		body, ok := readBody(w, r, MaxEchoBody,
+			fmt.Sprintf("request body is larger than %d bytes; send at most that", MaxEchoBody))
+		if !ok {
 			return
 		}
 		ct := r.Header.Get("Content-Type")

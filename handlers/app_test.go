@@ -1,9 +1,13 @@
 package handlers_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -140,12 +144,94 @@ func TestRequestLog(t *testing.T) {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/slow?ms=1&secret=x", nil))
 	line := buf.String()
-	for _, want := range []string{`"message":"request"`, `"path":"/slow"`, `"status":200`, `"method":"GET"`} {
+	for _, want := range []string{`"message":"request"`, `"route":"GET /slow"`, `"status":200`, `"method":"GET"`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("request log %q lacks %s", line, want)
 		}
 	}
 	if strings.Contains(line, "secret") {
 		t.Errorf("request log %q contains the query string", line)
+	}
+}
+
+// Regression (issue 10 item 10): the request log held the path, which may
+// hold a user's key or a secret pasted into it. It names the route only.
+func TestRequestLogHoldsNoPath(t *testing.T) {
+	for _, tt := range []struct{ method, target, route string }{
+		{"PUT", "/kv/secret-key", "PUT /kv/{key...}"},
+		{"GET", "/kv/secret-key", "GET /kv/{key...}"},
+		{"GET", "/secret-path", "unmatched"},
+		{"GET", "/healthz/secret-path", "unmatched"},
+		{"GET", "/kv?prefix=secret-prefix", "GET /kv"},
+	} {
+		var buf bytes.Buffer
+		h := handlers.New(handlers.Options{
+			Info:      handlers.Info{Generation: 1},
+			Lifecycle: &fakeLifecycle{ready: true, draining: make(chan struct{})},
+			Logger:    zerolog.New(&buf).Level(zerolog.DebugLevel),
+			KV:        newFakeKV(),
+		})
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(tt.method, tt.target, strings.NewReader("v")))
+		line := buf.String()
+		if strings.Contains(line, "secret") {
+			t.Errorf("%s %s: request log %q holds the path or query", tt.method, tt.target, line)
+		}
+		if want := `"route":"` + tt.route + `"`; !strings.Contains(line, want) {
+			t.Errorf("%s %s: request log %q lacks %s", tt.method, tt.target, line, want)
+		}
+	}
+}
+
+// Regression (issue 10 item 14): POST /echo of a body over MaxEchoBody with
+// "Expect: 100-continue" was answered "100 Continue", then, once the client
+// had sent the body, the connection was reset instead of answered 413. A
+// raw client acts as curl does: it sends the headers, waits for the
+// interim answer, and sends the body only after a 100.
+func TestEchoRefusesOversizedBodyBefore100Continue(t *testing.T) {
+	srv := httptest.NewServer(newApp(t, &fakeLifecycle{ready: true, draining: make(chan struct{})}))
+	defer srv.Close()
+	for _, size := range []int{handlers.MaxEchoBody + 1, 8 * handlers.MaxEchoBody} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			c, err := net.Dial("tcp", srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", size)
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("POST /echo of %d bytes with Expect: 100-continue: reading the answer: %v", size, err)
+			}
+			if resp.StatusCode == http.StatusContinue {
+				t.Errorf("POST /echo of %d bytes: answered 100 Continue for a body it refuses, want 413 at once", size)
+				// Go on as curl does: send the body, read the final answer.
+				go func() { // ends when the body is written or the connection fails
+					c.Write(bytes.Repeat([]byte("a"), size))
+				}()
+				if resp, err = http.ReadResponse(br, nil); err != nil {
+					t.Fatalf("POST /echo of %d bytes, body sent after 100 Continue: %v, want a 413", size, err)
+				}
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("POST /echo of %d bytes: reading the 413's body: %v", size, err)
+			}
+			if resp.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Fatalf("POST /echo of %d bytes: status %d, want 413", size, resp.StatusCode)
+			}
+			var e struct{ Error string }
+			if err := json.Unmarshal(body, &e); err != nil || !strings.Contains(e.Error, "larger than 1048576 bytes") {
+				t.Errorf("POST /echo of %d bytes: 413 body %q, want a JSON error that names the limit", size, body)
+			}
+			if !resp.Close {
+				t.Errorf("POST /echo of %d bytes: 413 without Connection: close, but the body was never sent", size)
+			}
+			// The server closes cleanly: end of stream, not a reset.
+			if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+				t.Errorf("POST /echo of %d bytes: after the 413, read %d bytes, error %v; want EOF", size, n, err)
+			}
+		})
 	}
 }

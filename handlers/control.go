@@ -6,9 +6,8 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/pprof"
+	"net/url"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -63,37 +62,20 @@ func WithPeerUID(ctx context.Context, uid int) context.Context {
 	return context.WithValue(ctx, peerUIDKey{}, uid)
 }
 
-// NewControl returns the control API: the operator's way to see, upgrade
-// and stop the server. Every route requires the bearer token, and on a
-// unix socket a peer of an allowed uid; a request that fails either is
-// refused before any route is looked at.
-func NewControl(o ControlOptions) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /status", controlStatus(o.Controller))
-	mux.Handle("POST /upgrade", controlUpgrade(o.Controller, o.Logger))
-	mux.Handle("POST /shutdown", controlShutdown(o.Controller, o.Logger))
-	mux.Handle("GET /metrics", o.Metrics)
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	return authenticate(o, mux)
-}
-
 // authenticate refuses a request from a peer of another uid, a token in
 // the URL, a missing or wrong bearer token, and a body over MaxControlBody.
-// The token is compared in constant time and never logged.
-func authenticate(o ControlOptions, next http.Handler) http.Handler {
+// The token is compared in constant time and never logged; nor is the
+// request's path or query, which may hold it: the log names the route.
+func authenticate(o ControlOptions, rt *router) http.Handler {
 	want := sha256.Sum256(o.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		log := o.Logger.With().Str("method", r.Method).Str("path", r.URL.Path).Logger()
+		log := o.Logger.With().Str("method", r.Method).Str("route", rt.route(r)).Logger()
 		if uid, ok := r.Context().Value(peerUIDKey{}).(int); ok && !containsInt(o.AllowedUIDs, uid) {
 			log.Warn().Int("peer_uid", uid).Msg("control request refused: peer uid not allowed")
 			writeError(w, http.StatusForbidden, fmt.Sprintf("peer uid %d may not use the control API: run as the server's user or root", uid))
 			return
 		}
-		if tokenInURL(r, o.Token) {
+		if tokenInURL(r.URL, o.Token) {
 			log.Warn().Msg("control request refused: token in the URL")
 			writeError(w, http.StatusBadRequest, "send the token in an Authorization: Bearer header, never in the URL (URLs end up in logs)")
 			return
@@ -106,19 +88,11 @@ func authenticate(o ControlOptions, next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or wrong token: send Authorization: Bearer <the contents of the control token file>")
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxControlBody))
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the control API takes no body; this one is over %d bytes", MaxControlBody))
+		if _, ok := readBody(w, r, MaxControlBody, fmt.Sprintf("the control API takes no body; this one is over %d bytes", MaxControlBody)); !ok {
 			return
 		}
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
-			return
-		}
-		_ = body // no action takes a body
 		log.Debug().Msg("control request")
-		next.ServeHTTP(w, r)
+		rt.ServeHTTP(w, r)
 	})
 }
 
@@ -131,16 +105,79 @@ func bearer(r *http.Request) (string, bool) {
 	return strings.TrimSpace(tok), true
 }
 
-// tokenInURL reports whether the request carries a token in its query: a
-// parameter named like one, or the token itself anywhere in the query.
-func tokenInURL(r *http.Request, token []byte) bool {
-	q := r.URL.Query()
-	for _, name := range []string{"token", "access_token", "auth", "bearer"} {
-		if q.Has(name) {
+// tokenInURL reports whether u carries a token: a query parameter named
+// like one (token, access_token, auth, ... in any case, however escaped),
+// or the token itself anywhere in the path or query, raw or
+// percent-decoded (once or more).
+func tokenInURL(u *url.URL, token []byte) bool {
+	for name := range u.Query() {
+		if tokenParam(name) {
 			return true
 		}
 	}
-	return len(token) > 0 && strings.Contains(r.URL.RawQuery, string(token))
+	if len(token) == 0 {
+		return false
+	}
+	// url.Query skips a pair it cannot parse (a bad escape, a ;), so the
+	// path and the whole query are also decoded as text, leniently.
+	for _, s := range []string{u.Path, u.EscapedPath(), u.RawQuery} {
+		// Decode until nothing changes (%2530 → %30 → 0). Each round
+		// that changes s makes it shorter, so this ends.
+		for {
+			if strings.Contains(s, string(token)) {
+				return true
+			}
+			d := lenientUnescape(s)
+			if d == s {
+				break
+			}
+			s = d
+		}
+	}
+	return false
+}
+
+// tokenParam reports whether a query parameter name is one that carries a
+// credential.
+func tokenParam(name string) bool {
+	n := strings.ToLower(name)
+	switch n {
+	case "token", "access_token", "auth", "bearer", "authorization", "apikey", "password", "secret":
+		return true
+	}
+	return strings.HasSuffix(n, "token") || strings.HasSuffix(n, "_key")
+}
+
+// lenientUnescape decodes every valid %XX in s and leaves the rest as is,
+// where url.PathUnescape gives up on the first bad escape.
+func lenientUnescape(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
 }
 
 func containsInt(s []int, v int) bool {

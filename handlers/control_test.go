@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -68,6 +69,17 @@ func TestControlRefusals(t *testing.T) {
 		{"token in query", "POST", "/shutdown?token=" + testToken, "", -2, "", 400, "never in the URL"},
 		{"token in query with header", "POST", "/shutdown?access_token=" + testToken, "Bearer " + testToken, -2, "", 400, "never in the URL"},
 		{"token value in query", "POST", "/shutdown?x=" + testToken, "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		// Regressions (issue 10 item 10): the check looked at the raw
+		// query only, and not at the path at all.
+		{"percent-encoded token in query", "POST", "/shutdown?x=" + pctEncode(testToken), "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"percent-encoded token, unparsable pair", "POST", "/shutdown?a;b=" + pctEncode(testToken), "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"double-encoded token in query", "POST", "/shutdown?x=" + strings.ReplaceAll(pctEncode(testToken), "%", "%25"), "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"percent-encoded parameter name", "POST", "/shutdown?%74oken=x", "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"upper-case parameter name", "POST", "/shutdown?Access_Token=x", "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"token-like parameter name", "POST", "/shutdown?id_token=x", "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"token in path", "GET", "/debug/pprof/" + testToken, "Bearer " + testToken, -2, "", 400, "never in the URL"},
+		{"token as path", "GET", "/" + testToken, "", -2, "", 400, "never in the URL"},
+		{"percent-encoded token in path", "GET", "/status/" + pctEncode(testToken), "Bearer " + testToken, -2, "", 400, "never in the URL"},
 		{"wrong method", "GET", "/shutdown", "Bearer " + testToken, -2, "", 405, ""},
 		{"wrong method upgrade", "DELETE", "/upgrade", "Bearer " + testToken, -2, "", 405, ""},
 		{"unknown path", "GET", "/nope", "Bearer " + testToken, -2, "", 404, ""},
@@ -104,6 +116,62 @@ func TestControlRefusals(t *testing.T) {
 				t.Errorf("%s %s: a refused request took the action", tt.method, tt.target)
 			}
 		})
+	}
+}
+
+// pctEncode percent-encodes every byte of s.
+func pctEncode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, "%%%02X", s[i])
+	}
+	return b.String()
+}
+
+// Regression (issue 10 item 10): the control API logged the request path,
+// so a token pasted into it was written to the log. Whatever the request,
+// the log names the route and never holds the path, the query or the
+// token in any spelling.
+func TestControlLogHoldsNoPath(t *testing.T) {
+	secrets := []string{testToken, pctEncode(testToken), "secret-path-part", "secret-query"}
+	tests := []struct {
+		method, target, auth string
+		wantRoute            string
+	}{
+		{"GET", "/status/" + testToken, "Bearer " + testToken, "unmatched"},
+		{"GET", "/" + testToken, "", "unmatched"},
+		{"GET", "/status/" + pctEncode(testToken), "", "unmatched"},
+		{"GET", "/debug/pprof/" + testToken, "Bearer " + testToken, "GET /debug/pprof/"},
+		{"GET", "/debug/pprof/secret-path-part", "", "GET /debug/pprof/"},
+		{"GET", "/secret-path-part", "Bearer " + testToken, "unmatched"},
+		{"GET", "/status?x=" + pctEncode(testToken), "Bearer " + testToken, "GET /status"},
+		{"GET", "/status?secret-query=1", "Bearer " + testToken, "GET /status"},
+		{"GET", "/status?secret-query=1", "Bearer wrong", "GET /status"},
+		{"POST", "/shutdown?token=secret-query", "", "POST /shutdown"},
+	}
+	for _, tt := range tests {
+		var buf strings.Builder
+		h := handlers.NewControl(handlers.ControlOptions{
+			Token: []byte(testToken), Controller: &fakeController{}, Metrics: http.NotFoundHandler(),
+			Logger: zerolog.New(&buf).Level(zerolog.DebugLevel),
+		})
+		req := httptest.NewRequest(tt.method, tt.target, nil)
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		h.ServeHTTP(httptest.NewRecorder(), req)
+		log := buf.String()
+		if log == "" {
+			t.Errorf("%s %s: nothing logged, want one event", tt.method, tt.target)
+		}
+		for _, s := range secrets {
+			if strings.Contains(log, s) {
+				t.Errorf("%s %s: log %q holds %q", tt.method, tt.target, log, s)
+			}
+		}
+		if want := fmt.Sprintf(`"route":%q`, tt.wantRoute); !strings.Contains(log, want) {
+			t.Errorf("%s %s: log %q lacks %s", tt.method, tt.target, log, want)
+		}
 	}
 }
 

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -61,6 +61,35 @@ type ListResult struct {
 	Next string `json:"next"`
 }
 
+// Keys in paths. The key of /kv/{key} is the percent-decoded rest of the
+// path, byte for byte: it is never cleaned, so /kv/a//b, /kv/a/../b and
+// /kv/a/ name the keys "a//b", "a/../b" and "a/", each its own key (not
+// "a/b", "b" or "a"). A %2F is a /: /kv/a%2Fb names the key "a/b", the same
+// key as /kv/a/b, so a client may escape a whole key with one
+// url.PathEscape. keyPath writes a key's path back. The keys "." and ".."
+// are refused (400): no URL names them that every client leaves alone
+// (browsers resolve %2E and %2E%2E as dot segments too).
+
+// keyPath returns the path that names key: /kv/ and the key, escaped so
+// that a client that requests it names the same key. Its slashes stay as
+// they are (/kv/users/42) unless a client or proxy could remove or merge
+// a segment: an empty one (a//b, or a key that starts or ends with /) or
+// a dot segment (. or ..), which RFC 3986 clients resolve away. Then the
+// key's slashes are escaped too (/kv/a%2F..%2Fb), so that it is one
+// segment that no client rewrites.
+func keyPath(key string) string {
+	segs := strings.Split(key, "/")
+	for _, s := range segs {
+		if s == "" || s == "." || s == ".." {
+			return "/kv/" + url.PathEscape(key)
+		}
+	}
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return "/kv/" + strings.Join(segs, "/")
+}
+
 // KVGet answers GET /kv/{key}: 200 with the value as
 // application/octet-stream, or 404.
 func KVGet(kv KV, log zerolog.Logger) http.Handler {
@@ -95,15 +124,9 @@ func KVPut(kv KV, log zerolog.Logger) http.Handler {
 		if !ok {
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxValueSize))
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge,
-				fmt.Sprintf("value is larger than %d bytes; send at most that", MaxValueSize))
-			return
-		}
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "read request body: "+err.Error())
+		body, ok := readBody(w, r, MaxValueSize,
+			fmt.Sprintf("value is larger than %d bytes; send at most that", MaxValueSize))
+		if !ok {
 			return
 		}
 		created, err := kv.Put(r.Context(), key, body)
@@ -115,7 +138,7 @@ func KVPut(kv KV, log zerolog.Logger) http.Handler {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		w.Header().Set("Location", (&url.URL{Path: "/kv/" + key}).EscapedPath())
+		w.Header().Set("Location", keyPath(key))
 		w.WriteHeader(http.StatusCreated)
 	})
 }
@@ -188,6 +211,10 @@ func pathKey(w http.ResponseWriter, r *http.Request) (string, bool) {
 	}
 	if msg := checkKey(key); msg != "" {
 		writeError(w, http.StatusBadRequest, msg)
+		return "", false
+	}
+	if key == "." || key == ".." {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("key %q cannot be named in a URL (clients resolve it as a dot segment); use another key", key))
 		return "", false
 	}
 	return key, true

@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -140,14 +140,17 @@ func TestKV(t *testing.T) {
 		{"PUT", "/kv/%0A", "x", 400, "control character U+000A"},
 		{"PUT", "/kv/%7F", "x", 400, "control character U+007F"},
 		{"PUT", "/kv/%C2%85", "x", 400, "control character U+0085"},
+		{"PUT", "/kv/..", "x", 400, "cannot be named in a URL"},
+		{"PUT", "/kv/%2E", "x", 400, "cannot be named in a URL"},
+		{"GET", "/kv/%2e%2E", "", 400, "cannot be named in a URL"},
 
 		{"POST", "/kv/a", "x", 405, ""},
 		{"PATCH", "/kv/a", "x", 405, ""},
 		{"POST", "/kv", "x", 405, ""},
-		// PUT and DELETE /kv are redirected to /kv/, the empty key: the
-		// mux adds the slash because /kv/{key...} has those methods.
-		{"DELETE", "/kv", "", 307, ""},
-		{"PUT", "/kv", "", 307, ""},
+		// Not redirected to /kv/, the empty key, as the mux did.
+		{"DELETE", "/kv", "", 405, ""},
+		{"PUT", "/kv", "", 405, ""},
+		{"POST", "/kv/", "x", 405, ""},
 
 		{"GET", "/kv?limit=0", "", 400, "limit must be a whole number from 1 to 1000"},
 		{"GET", "/kv?limit=1001", "", 400, "limit must be a whole number from 1 to 1000"},
@@ -192,6 +195,87 @@ func TestKVCreatedLocation(t *testing.T) {
 	rec := do(h, "PUT", "/kv/a%20b/c", "v")
 	if loc := rec.Header().Get("Location"); rec.Code != 201 || loc != "/kv/a%20b/c" {
 		t.Errorf("PUT /kv/a%%20b/c: status %d, Location %q; want 201, /kv/a%%20b/c", rec.Code, loc)
+	}
+}
+
+// Regression (issue 10 item 13): PUT /kv/x/%2e%2e/y answered
+// Location: /kv/x/../y, which a client resolves to the key "y", and the
+// mux redirected DELETE /kv/a//b to /kv/a/b, another key. Keys are
+// opaque: each path below names its own key, never cleaned into another,
+// and the Location of a new key, requested as a client resolves it, names
+// the same key. Through a real server and client, which send the path as
+// written.
+func TestKVKeysAreOpaque(t *testing.T) {
+	tests := []struct {
+		path     string // as sent, after /kv/
+		key      string
+		location string
+	}{
+		{"x/%2e%2e/y", "x/../y", "/kv/x%2F..%2Fy"},
+		{"x/../y", "x/../y", "/kv/x%2F..%2Fy"},
+		{"a//b", "a//b", "/kv/a%2F%2Fb"},
+		{"a/./b", "a/./b", "/kv/a%2F.%2Fb"},
+		{"a/", "a/", "/kv/a%2F"},
+		{"/a", "/a", "/kv/%2Fa"},
+		{"..%2F..", "../..", "/kv/..%2F.."},
+		{"a/..", "a/..", "/kv/a%2F.."},
+		{"a%2Fb", "a/b", "/kv/a/b"},
+		{"a%2F..%2Fb", "a/../b", "/kv/a%2F..%2Fb"},
+		{"users/42", "users/42", "/kv/users/42"},
+		{"a%20b/c", "a b/c", "/kv/a%20b/c"},
+		{"q%3Fx%23y", "q?x#y", "/kv/q%3Fx%23y"},
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	send := func(t *testing.T, method, target, body string) (*http.Response, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, target, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, target, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			kv := newFakeKV()
+			kv.m["other"] = []byte("untouched")
+			srv := httptest.NewServer(newKVApp(t, kv))
+			defer srv.Close()
+			target := srv.URL + "/kv/" + tt.path
+
+			resp, body := send(t, "PUT", target, "v:"+tt.key)
+			if resp.StatusCode != 201 {
+				t.Fatalf("PUT /kv/%s: status %d (Location %q, body %q), want 201", tt.path, resp.StatusCode, resp.Header.Get("Location"), body)
+			}
+			if got := string(kv.m[tt.key]); got != "v:"+tt.key || len(kv.m) != 2 {
+				t.Fatalf("PUT /kv/%s: store %q, want key %q set and nothing else", tt.path, kv.m, tt.key)
+			}
+			loc := resp.Header.Get("Location")
+			if loc != tt.location {
+				t.Errorf("PUT /kv/%s: Location %q, want %q", tt.path, loc, tt.location)
+			}
+			// Request the Location the way a client follows one: resolved
+			// against the URL of the request (RFC 3986, dot segments removed).
+			ref, err := url.Parse(loc)
+			if err != nil {
+				t.Fatalf("Location %q: %v", loc, err)
+			}
+			base, _ := url.Parse(target)
+			if resp, body := send(t, "GET", base.ResolveReference(ref).String(), ""); resp.StatusCode != 200 || body != "v:"+tt.key {
+				t.Errorf("GET of Location %q: %d %q, want 200 %q", loc, resp.StatusCode, body, "v:"+tt.key)
+			}
+			if resp, body := send(t, "DELETE", target, ""); resp.StatusCode != 204 {
+				t.Errorf("DELETE /kv/%s: %d %q (Location %q), want 204", tt.path, resp.StatusCode, body, resp.Header.Get("Location"))
+			}
+			if _, ok := kv.m[tt.key]; ok || string(kv.m["other"]) != "untouched" || len(kv.m) != 1 {
+				t.Errorf("after DELETE /kv/%s: store %q, want only other", tt.path, kv.m)
+			}
+		})
 	}
 }
 
@@ -280,7 +364,7 @@ func TestKVRoutesNeedAStore(t *testing.T) {
 
 // validKey is the rule the handlers enforce, written independently.
 func validKey(k string) bool {
-	if k == "" || len(k) > handlers.MaxKeyLen || !utf8.ValidString(k) {
+	if k == "" || k == "." || k == ".." || len(k) > handlers.MaxKeyLen || !utf8.ValidString(k) {
 		return false
 	}
 	return !strings.ContainsFunc(k, unicode.IsControl)
@@ -288,8 +372,8 @@ func validKey(k string) bool {
 
 // FuzzKVKey puts and gets arbitrary keys through the routes: a valid key
 // round-trips with 201, an invalid one is a 400 that leaves the store
-// alone, and nothing else happens. The mux redirects paths that it would
-// clean (with // or dot segments), which the property skips.
+// alone, and nothing else happens: no key is cleaned or redirected into
+// another, whatever its slashes and dots.
 func FuzzKVKey(f *testing.F) {
 	for _, k := range []string{
 		"a", "users/42", "a b", "✓", "\x00", "a\nb", "\x7f", "\xc2\x85", "\xff", "a\xc3",
@@ -305,17 +389,21 @@ func FuzzKVKey(f *testing.F) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		switch {
-		case rec.Code == http.StatusMovedPermanently || rec.Code == http.StatusTemporaryRedirect:
-			// The mux redirects a path it would clean, such as /kv/a//b.
-			if p := "/kv/" + key; path.Clean(p) == p || path.Clean(p)+"/" == p {
-				t.Fatalf("PUT of key %q: redirected to %q, but its path is clean", key, rec.Header().Get("Location"))
-			}
 		case rec.Code == 201:
 			if !validKey(key) {
 				t.Fatalf("PUT of invalid key %q: status 201, want 400", key)
 			}
 			if got, ok := kv.m[key]; !ok || string(got) != "value" {
 				t.Fatalf("PUT of key %q: store holds %q (%v), want value", key, got, ok)
+			}
+			// The Location names the same key, resolved as a client does.
+			loc, err := url.Parse(rec.Header().Get("Location"))
+			if err != nil {
+				t.Fatalf("PUT of key %q: Location %q: %v", key, rec.Header().Get("Location"), err)
+			}
+			base := &url.URL{Scheme: "http", Host: "x", Path: "/kv/x/y"}
+			if p := base.ResolveReference(loc).Path; p != "/kv/"+key {
+				t.Fatalf("PUT of key %q: Location %q resolves to the path %q, another key", key, loc, p)
 			}
 			get := httptest.NewRequest("GET", "/kv/x", nil)
 			get.URL = &url.URL{Path: "/kv/" + key}

@@ -7,10 +7,12 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// withRequestLog logs every request at Debug level: method, path, status,
-// bytes and duration, never bodies or query strings (which may hold
-// secrets). When Debug is off it is not installed at all.
-func withRequestLog(log zerolog.Logger, h http.Handler) http.Handler {
+// withRequestLog logs every request at Debug level: method, the route of
+// rt that served it, status, bytes and duration. Never the path, the
+// query or the body: a path holds a user's key, and any of them may hold
+// a secret pasted by mistake. When Debug is off it is not installed at
+// all.
+func withRequestLog(log zerolog.Logger, rt *router, h http.Handler) http.Handler {
 	if !log.Debug().Enabled() {
 		return h
 	}
@@ -21,7 +23,7 @@ func withRequestLog(log zerolog.Logger, h http.Handler) http.Handler {
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
-		log.Debug().Str("method", r.Method).Str("path", r.URL.Path).Str("proto", r.Proto).
+		log.Debug().Str("method", r.Method).Str("route", rt.served(r)).Str("proto", r.Proto).
 			Int("status", sw.status).Int64("bytes", sw.bytes).
 			Float64("duration_ms", float64(time.Since(start))/float64(time.Millisecond)).Msg("request")
 	})

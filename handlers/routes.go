@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -36,21 +37,43 @@ type Options struct {
 // New returns the public API of the reference server. It exposes no
 // control action: those live on the control listener (NewControl).
 func New(o Options) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /{$}", Root(o.Info))
-	mux.Handle("GET /healthz", Healthz())
-	mux.Handle("GET /readyz", Readyz(o.Lifecycle))
-	mux.Handle("GET /slow", Slow(o.Info))
-	mux.Handle("POST /echo", Echo())
-	mux.Handle("GET /events", Events(o.Info, o.Lifecycle, time.Now))
-	mux.Handle("GET /ws", WebSocket(o.Lifecycle, o.Logger))
+	rt := newRouter()
+	rt.handle("GET /{$}", Root(o.Info))
+	rt.handle("GET /healthz", Healthz())
+	rt.handle("GET /readyz", Readyz(o.Lifecycle))
+	rt.handle("GET /slow", Slow(o.Info))
+	rt.handle("POST /echo", Echo())
+	rt.handle("GET /events", Events(o.Info, o.Lifecycle, time.Now))
+	rt.handle("GET /ws", WebSocket(o.Lifecycle, o.Logger))
 	if o.KV != nil {
-		mux.Handle("GET /kv", KVList(o.KV, o.Logger))
-		mux.Handle("GET /kv/{key...}", KVGet(o.KV, o.Logger))
-		mux.Handle("PUT /kv/{key...}", KVPut(o.KV, o.Logger))
-		mux.Handle("DELETE /kv/{key...}", KVDelete(o.KV, o.Logger))
+		rt.handle("GET /kv", KVList(o.KV, o.Logger))
+		// Keys are opaque: /kv/a//b and /kv/a/../b name the keys "a//b"
+		// and "a/../b", never cleaned into another key (see router).
+		rt.handleTree("/kv/", "key", map[string]http.Handler{
+			"GET":    KVGet(o.KV, o.Logger),
+			"PUT":    KVPut(o.KV, o.Logger),
+			"DELETE": KVDelete(o.KV, o.Logger),
+		})
 	}
-	return withRequestLog(o.Logger, withGeneration(o.Info.Generation, mux))
+	return withRequestLog(o.Logger, rt, withGeneration(o.Info.Generation, rt))
+}
+
+// NewControl returns the control API: the operator's way to see, upgrade
+// and stop the server. Every route requires the bearer token, and on a
+// unix socket a peer of an allowed uid; a request that fails either is
+// refused before any route is looked at.
+func NewControl(o ControlOptions) http.Handler {
+	rt := newRouter()
+	rt.handle("GET /status", controlStatus(o.Controller))
+	rt.handle("POST /upgrade", controlUpgrade(o.Controller, o.Logger))
+	rt.handle("POST /shutdown", controlShutdown(o.Controller, o.Logger))
+	rt.handle("GET /metrics", o.Metrics)
+	rt.handle("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
+	rt.handle("GET /debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
+	rt.handle("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+	rt.handle("GET /debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+	rt.handle("GET /debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	return authenticate(o, rt)
 }
 
 // withGeneration sets X-Generation on every response, errors included, so

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,13 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
 	"github.com/rs/zerolog"
 )
 
@@ -102,11 +100,11 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "`directory` of the database, the cache snapshot, the control socket and token (created with mode 0700)")
 	fs.StringVar(&c.ControlAddr, "control-addr", "", "loopback `host:port` of the control API instead of the unix socket data-dir/control.sock")
 	fs.StringVar(&c.ControlToken, "control-token-file", "", "`path` of the control API's bearer token (default data-dir/control.token; created with a random token if missing)")
-	fs.BoolVar(&c.AllowRemote, "allow-remote-control", false, "allow a -control-addr that is not a loopback address")
-	fs.BoolVar(&c.Supervise, "supervise", false, "stay as a supervisor that holds the sockets and starts every generation as its child, so the pid systemd, a container or a shell started never changes")
-	fs.BoolVar(&c.RestartOnCrash, "restart-on-crash", false, "with -supervise: restart a generation that exits on its own, with backoff (default: the supervisor exits 1)")
+	boolFlag(fs, &c.AllowRemote, "allow-remote-control", false, "allow a -control-addr that is not a loopback address")
+	boolFlag(fs, &c.Supervise, "supervise", false, "stay as a supervisor that holds the sockets and starts every generation as its child, so the pid systemd, a container or a shell started never changes")
+	boolFlag(fs, &c.RestartOnCrash, "restart-on-crash", false, "with -supervise: restart a generation that exits on its own, with backoff (default: the supervisor exits 1)")
 	fs.StringVar(&c.ConfigFile, "config", "", "`path` of a TOML config file whose keys are these flag names")
-	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+	boolFlag(fs, &c.ShowVersion, "version", false, "print the version and exit (a flag only: no environment variable or file key sets it)")
 }
 
 // durationValue is a flag.Value for a time.Duration whose parse error says
@@ -129,8 +127,37 @@ func durationFlag(fs *flag.FlagSet, p *time.Duration, name string, value time.Du
 	fs.Var((*durationValue)(p), name, usage)
 }
 
-// notInFile are flags that make no sense in a config file.
-var notInFile = map[string]bool{"config": true, "version": true}
+// boolValue is a flag.Value for a bool whose parse error names the
+// accepted values.
+type boolValue bool
+
+func (b *boolValue) String() string   { return strconv.FormatBool(bool(*b)) }
+func (b *boolValue) IsBoolFlag() bool { return true }
+
+func (b *boolValue) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("invalid boolean %q: want true or false (or 1, 0, t, f, TRUE, FALSE)", s)
+	}
+	*b = boolValue(v)
+	return nil
+}
+
+func boolFlag(fs *flag.FlagSet, p *bool, name string, value bool, usage string) {
+	*p = value
+	fs.Var((*boolValue)(p), name, usage)
+}
+
+// notInFile are flags that make no sense in a config file: what to read,
+// and what to print instead of serving (ctl's output format too).
+var notInFile = map[string]bool{"config": true, "version": true, "json": true, "field": true}
+
+// notInEnv are flags that no environment variable sets: a HANDOFF_VERSION
+// that a deploy pipeline exports for its own use must not make the server
+// print its version and exit 0 (under systemd it would silently stay
+// down), nor may a HANDOFF_JSON change the output a script of server ctl
+// reads. -h is no flag of the set, so no variable reaches it either.
+var notInEnv = map[string]bool{"version": true, "json": true, "field": true}
 
 func envName(flagName string) string {
 	return "HANDOFF_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
@@ -181,7 +208,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer, extra
 		if err != nil || explicit[f.Name] || f.Name == "config" {
 			return
 		}
-		if v := getenv(envName(f.Name)); v != "" {
+		if v := getenv(envName(f.Name)); v != "" && !notInEnv[f.Name] {
 			from[f.Name] = fmt.Sprintf("environment variable %s (it sets -%s)", envName(f.Name), f.Name)
 			if serr := fs.Set(f.Name, v); serr != nil {
 				err = usagef("%s: %v", from[f.Name], cleanSetError(serr))
@@ -302,13 +329,16 @@ type fileValue struct {
 	line  int
 }
 
-// readConfigFile reads a TOML file of flag-name keys. Unknown keys and
-// values of the wrong kind are errors naming the file, line and key.
+// readConfigFile reads a TOML file of flag-name keys at the top level.
+// Unknown keys, tables ([section], dotted keys, inline tables) and values
+// of the wrong kind are errors naming the file, the line and the key.
 func readConfigFile(path string, fs *flag.FlagSet) (map[string]fileValue, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, usagef("config file: %v", err)
 	}
+	// Unmarshal checks the whole file and decodes the values; the parser
+	// below finds the line of each key.
 	var raw map[string]any
 	if err := toml.Unmarshal(b, &raw); err != nil {
 		var de *toml.DecodeError
@@ -318,14 +348,30 @@ func readConfigFile(path string, fs *flag.FlagSet) (map[string]fileValue, error)
 		}
 		return nil, usagef("config file %s: %v", path, err)
 	}
-	keys := make([]string, 0, len(raw))
-	for k := range raw {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return lineOf(b, keys[i]) < lineOf(b, keys[j]) })
 	out := make(map[string]fileValue, len(raw))
-	for _, k := range keys {
-		line := lineOf(b, k)
+	var p unstable.Parser
+	p.Reset(b)
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			header := "[" + strings.Join(keyParts(e.Key()), ".") + "]"
+			if e.Kind == unstable.ArrayTable {
+				header = "[" + header + "]"
+			}
+			return nil, usagef("config file %s: line %d: %s: this file takes no [sections], only top-level keys that are flag names (addr = \"127.0.0.1:8080\")",
+				path, nodeLine(&p, e.Key()), header)
+		case unstable.KeyValue:
+		default:
+			continue
+		}
+		line := nodeLine(&p, e.Key())
+		parts := keyParts(e.Key())
+		k := parts[0]
+		if len(parts) > 1 {
+			return nil, usagef("config file %s: line %d: key %q: a dotted key makes a table; use top-level keys that are flag names (addr = \"127.0.0.1:8080\")",
+				path, line, strings.Join(parts, "."))
+		}
 		f := fs.Lookup(k)
 		if f == nil || notInFile[k] {
 			return nil, usagef("config file %s: line %d: unknown key %q (keys are flag names, such as addr or drain-timeout)", path, line, k)
@@ -340,23 +386,36 @@ func readConfigFile(path string, fs *flag.FlagSet) (map[string]fileValue, error)
 			s = strconv.FormatInt(v, 10)
 		case float64:
 			s = strconv.FormatFloat(v, 'f', -1, 64)
+		case map[string]any:
+			return nil, usagef("config file %s: line %d: key %q: want a string, number or boolean, not a table", path, line, k)
+		case []any:
+			return nil, usagef("config file %s: line %d: key %q: want a string, number or boolean, not an array", path, line, k)
 		default:
-			return nil, usagef("config file %s: line %d: key %q: want a string, number or boolean, not %T", path, line, k, v)
+			return nil, usagef("config file %s: line %d: key %q: want a string, number or boolean, not %s", path, line, k, e.Value().Kind)
 		}
 		out[k] = fileValue{value: s, line: line}
+	}
+	if err := p.Error(); err != nil { // Unmarshal parsed it: not expected
+		return nil, usagef("config file %s: %v", path, err)
 	}
 	return out, nil
 }
 
-// lineOf finds the line that sets key at the top level of a TOML file.
-func lineOf(b []byte, key string) int {
-	re := regexp.MustCompile(`^\s*["']?` + regexp.QuoteMeta(key) + `["']?\s*=`)
-	for i, line := range bytes.Split(b, []byte("\n")) {
-		if re.Match(line) {
-			return i + 1
-		}
+// keyParts returns the parts of a key: one, or more for a dotted key.
+func keyParts(it unstable.Iterator) []string {
+	var parts []string
+	for it.Next() {
+		parts = append(parts, string(it.Node().Data))
 	}
-	return 0
+	return parts
+}
+
+// nodeLine is the line of the first node of it.
+func nodeLine(p *unstable.Parser, it unstable.Iterator) int {
+	if !it.Next() {
+		return 0
+	}
+	return p.Shape(it.Node().Raw).Start.Line
 }
 
 func usageText(fs *flag.FlagSet) string {
@@ -366,8 +425,9 @@ func usageText(fs *flag.FlagSet) string {
 
 Every flag can also be set by an environment variable (HANDOFF_ and the
 flag name in capitals, - as _: HANDOFF_DRAIN_TIMEOUT) or by a key of the
-same name in the -config file. Flags override the environment, which
-overrides the file.
+same name in the -config file, except -version, -h and ctl's -json and
+-field, which are flags only. Flags override the environment, which overrides the file. Booleans
+are true or false (or 1, 0, t, f, TRUE, FALSE).
 
 Flags:
 `)

@@ -87,7 +87,20 @@ func TestConfigErrors(t *testing.T) {
 		{"bad file value", nil, nil, "# comment\ndrain-timeout = \"1 minute\"\n", []string{"line 2", `"drain-timeout"`}},
 		{"file value of wrong kind", nil, nil, "addr = [1, 2]\n", []string{"line 1", `"addr"`}},
 		{"file syntax", nil, nil, "addr = \"127.0.0.1:1\"\nthis is not toml\n", []string{"line 2"}},
-		{"file table", nil, nil, "[server]\naddr = \"x\"\n", []string{`"server"`}},
+		{"file table", nil, nil, "[server]\naddr = \"x\"\n", []string{"line 1", "[server]", "no [sections]"}},
+		// Regressions (issue 10 item 11): a table was reported at line 0;
+		// a bad boolean said only "parse error".
+		{"file table after keys", nil, nil, "addr = \"127.0.0.1:1\"\n\n[server]\nx = 1\n", []string{"line 3", "[server]"}},
+		{"file array table", nil, nil, "# c\n[[server]]\n", []string{"line 2", "[[server]]"}},
+		{"file dotted key", nil, nil, "# c\nserver.addr = \"x\"\n", []string{"line 2", `"server.addr"`}},
+		{"file dotted known key", nil, nil, "\naddr.host = \"x\"\n", []string{"line 2", `"addr.host"`}},
+		{"file inline table", nil, nil, "\naddr = { host = \"x\" }\n", []string{"line 2", `"addr"`, "not a table"}},
+		{"file multi-line array", nil, nil, "\n\naddr = [\n  1,\n]\n", []string{"line 3", `"addr"`, "not an array"}},
+		{"file escaped key", nil, nil, "# c\n\"\\u0061ddr\" = [1]\n", []string{"line 2", `"addr"`}},
+		{"file date", nil, nil, "drain-timeout = 2024-01-01\n", []string{"line 1", `"drain-timeout"`}},
+		{"bad bool env", nil, map[string]string{"HANDOFF_ALLOW_REMOTE_CONTROL": "yes"}, "", []string{"HANDOFF_ALLOW_REMOTE_CONTROL", "-allow-remote-control", `"yes"`, "true", "false", "1", "0"}},
+		{"bad bool file", nil, nil, "# c\nallow-remote-control = \"yes\"\n", []string{"line 2", `"allow-remote-control"`, `"yes"`, "true", "false"}},
+		{"bad bool flag", []string{"-allow-remote-control=yes"}, nil, "", []string{"-allow-remote-control", `"yes"`, "true", "false"}},
 		{"version in file", nil, nil, "version = true\n", []string{`"version"`, "unknown key"}},
 		// Regression, found by FuzzConfigFile: a value that parses but
 		// fails validation named the flag, not the file line and key.
@@ -112,6 +125,38 @@ func TestConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Regression (issue 10 item 11): HANDOFF_VERSION=v1.2.3 in the
+// environment was read as -version and failed start-up with "parse
+// error", and HANDOFF_VERSION=1 made the server print its version and exit
+// 0. -version and -h are flags only: no environment variable sets them.
+func TestConfigFlagOnly(t *testing.T) {
+	for _, e := range []map[string]string{
+		{"HANDOFF_VERSION": "v1.2.3"},
+		{"HANDOFF_VERSION": "1"},
+		{"HANDOFF_VERSION": "true"},
+		{"HANDOFF_H": "1", "HANDOFF_HELP": "true"},
+	} {
+		var out bytes.Buffer
+		c, err := parseConfig(nil, env(e), &out)
+		if err != nil {
+			t.Errorf("environment %v: %v, want it ignored", e, err)
+			continue
+		}
+		if c.ShowVersion || out.Len() > 0 {
+			t.Errorf("environment %v: -version %v, printed %q; want neither", e, c.ShowVersion, out.String())
+		}
+	}
+	// With the variable set, the server starts instead of printing its
+	// version and exiting 0: it gets as far as the data directory.
+	dir := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(dir, nil, 0o600)
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-data-dir", dir}, env(map[string]string{"HANDOFF_VERSION": "1"}), &out, io.Discard)
+	if err == nil || out.Len() > 0 {
+		t.Errorf("run with HANDOFF_VERSION=1: error %v, printed %q; want it to start (and fail on -data-dir %s, a file)", err, out.String(), dir)
 	}
 }
 
@@ -144,6 +189,9 @@ func FuzzConfigFile(f *testing.F) {
 	f.Add("allow-remote-control = true\ncontrol-addr = \"0.0.0.0:9\"\n")
 	f.Add("\"drain-timeout\" = \"1s\"\n'idle-grace' = \"2s\"\n")
 	f.Add("version = true\n")
+	f.Add("addr = \"127.0.0.1:1\"\n[server]\n")
+	f.Add("a.b = 1\n")
+	f.Add("allow-remote-control = \"yes\"\n")
 	f.Fuzz(func(t *testing.T, body string) {
 		path := filepath.Join(t.TempDir(), "fuzz.toml")
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
@@ -154,6 +202,9 @@ func FuzzConfigFile(f *testing.F) {
 			var ue *usageError
 			if !errors.As(err, &ue) || !strings.Contains(err.Error(), path) {
 				t.Errorf("config %q: error %v, want a usage error naming the file", body, err)
+			}
+			if strings.Contains(err.Error(), "line 0") {
+				t.Errorf("config %q: error %v names line 0, want the real line", body, err)
 			}
 			return
 		}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"time"
 )
@@ -42,9 +43,12 @@ func runCtl(ctx context.Context, args []string, getenv func(string) string, stdo
 		return usagef("server ctl %q: want one of status, upgrade, shutdown, then flags (server ctl upgrade -json)", verb)
 	}
 	var asJSON bool
+	var fields string
 	var timeout time.Duration
 	cfg, err := parseConfig(args[1:], getenv, stdout, func(fs *flag.FlagSet) {
-		fs.BoolVar(&asJSON, "json", false, "ctl: print the server's JSON answer")
+		boolFlag(fs, &asJSON, "json", false, "ctl: print the server's JSON answer")
+		fs.StringVar(&fields, "field", "", "ctl: print these `fields` of the JSON answer, comma-separated (pid,version or upgrades.failed), one value per line: "+
+			"a string as is, anything else as JSON; for scripts, which then need no JSON parser")
 		durationFlag(fs, &timeout, "timeout", 0, "ctl: how long to wait for the answer (default: -upgrade-timeout plus -probation plus 30s for upgrade, 10s otherwise)")
 	})
 	if errors.Is(err, errHelp) {
@@ -52,6 +56,9 @@ func runCtl(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	if err != nil {
 		return err
+	}
+	if asJSON && fields != "" {
+		return usagef("server ctl: -json and -field: give one of them")
 	}
 	if timeout == 0 {
 		timeout = 10 * time.Second
@@ -104,7 +111,67 @@ func runCtl(ctx context.Context, args []string, getenv func(string) string, stdo
 		_, err := stdout.Write(body)
 		return err
 	}
+	if fields != "" {
+		return printFields(stdout, verb, body, strings.Split(fields, ","))
+	}
 	return printSummary(stdout, verb, body)
+}
+
+// printFields writes the value of each field of the JSON object body, one
+// a line: a string as is, anything else (a number, an object) as compact
+// JSON, null as an empty line. A field is a name, or names joined with
+// dots for a field of a nested object (last_upgrade.ok). All are checked
+// before anything is written, so a script reads all or nothing.
+func printFields(w io.Writer, verb string, body []byte, fields []string) error {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil {
+		return fmt.Errorf("decode answer: %w", err)
+	}
+	var out bytes.Buffer
+	for _, f := range fields {
+		v, err := lookupField(top, f)
+		if err != nil {
+			return fmt.Errorf("%s -field %s: %w", verb, f, err)
+		}
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			if strings.ContainsAny(s, "\r\n") {
+				return fmt.Errorf("%s -field %s: the value spans lines; use -json", verb, f)
+			}
+			out.WriteString(s)
+		} else if string(v) != "null" {
+			if err := json.Compact(&out, v); err != nil {
+				return fmt.Errorf("decode answer: %w", err)
+			}
+		}
+		out.WriteByte('\n')
+	}
+	_, err := w.Write(out.Bytes())
+	return err
+}
+
+// lookupField returns the value of a field (a.b.c) of obj.
+func lookupField(obj map[string]json.RawMessage, field string) (json.RawMessage, error) {
+	names := strings.Split(field, ".")
+	for i, name := range names {
+		v, ok := obj[name]
+		if !ok {
+			have := make([]string, 0, len(obj))
+			for k := range obj {
+				have = append(have, k)
+			}
+			sort.Strings(have)
+			return nil, fmt.Errorf("the answer has no field %q (it has %s)", strings.Join(names[:i+1], "."), strings.Join(have, ", "))
+		}
+		if i == len(names)-1 {
+			return v, nil
+		}
+		obj = nil
+		if err := json.Unmarshal(v, &obj); err != nil || obj == nil {
+			return nil, fmt.Errorf("field %q is not an object", strings.Join(names[:i+1], "."))
+		}
+	}
+	return nil, fmt.Errorf("empty field name")
 }
 
 // printSummary writes a line or two for a person.
