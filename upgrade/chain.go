@@ -237,7 +237,9 @@ func (u *Upgrader) attemptChain(a *attempt) (*successor, UpgradeRecord, error) {
 
 	// os.Stdin and os.Stderr are read by tableflip's goroutine only while
 	// Upgrade runs, which the channel operations inside Upgrade order
-	// after these writes; they are put back as soon as the child runs.
+	// after these writes and before its return, after which they are put
+	// back. (Putting them back as soon as the child says it runs would be
+	// a data race: nothing in Go orders that with tableflip's read.)
 	realStdin := os.Stdin
 	os.Stdin, os.Stderr = theirs, w
 	restored := false
@@ -272,7 +274,6 @@ func (u *Upgrader) attemptChain(a *attempt) (*successor, UpgradeRecord, error) {
 			switch m.msg.Type {
 			case msgJoined:
 				childPID = m.msg.PID
-				restore()
 			case msgStateRequest:
 				u.wg.Add(1)
 				go func() { // ends once the state is sent
@@ -282,7 +283,6 @@ func (u *Upgrader) attemptChain(a *attempt) (*successor, UpgradeRecord, error) {
 			case msgFailed:
 				gaveUp = m.msg.Reason
 			case msgReady:
-				restore()
 				rep = m.msg.Ready
 				if u.askCommit() {
 					committed = mine.send(message{Type: msgCommit}, time.Second) == nil

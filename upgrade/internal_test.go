@@ -91,3 +91,41 @@ func TestSpreadOffsetStaysInWindow(t *testing.T) {
 		t.Errorf("100 offsets fall in %d of 10 tenths of the window, want them spread", len(seen))
 	}
 }
+
+// TestTableflipErrorText pins the tableflip version whose error texts
+// tableflip.go reads. A new version must be checked against its child.go
+// and upgrader.go before this test is changed.
+func TestTableflipErrorText(t *testing.T) {
+	mod, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := ""
+	for _, line := range strings.Split(string(mod), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "github.com/cloudflare/tableflip" {
+			version = f[1]
+		}
+	}
+	if version != "v1.2.3" {
+		t.Fatalf("tableflip is %q; tableflip.go matches the error texts of v1.2.3: check them against the new version, then update this test", version)
+	}
+	// The texts as v1.2.3 writes them (upgrader.go doUpgrade, run).
+	for _, tt := range []struct {
+		err      string
+		pid      int
+		exit     string
+		timedOut bool
+	}{
+		{fmt.Sprintf("child %s exited: %s", "pid=41", "exit status 3"), 41, "exit status 3", false},
+		{fmt.Sprintf("child %s exited", "pid=42"), 42, "exit status 0", false},
+		{fmt.Sprintf("new child %s timed out", "pid=43"), 43, "signal: killed", true},
+	} {
+		e := parseChildError(errors.New(tt.err), nil)
+		if e.ChildPID != tt.pid || e.Exit != tt.exit || e.TimedOut != tt.timedOut {
+			t.Errorf("parseChildError(%q) = pid %d, exit %q, timed out %v; want %d, %q, %v", tt.err, e.ChildPID, e.Exit, e.TimedOut, tt.pid, tt.exit, tt.timedOut)
+		}
+	}
+	if tableflipParentAlive != "parent hasn't exited" {
+		t.Errorf("tableflipParentAlive = %q, want v1.2.3's text", tableflipParentAlive)
+	}
+}
