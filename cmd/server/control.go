@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
+	"github.com/handoff-go/handoff/internal/kvstore"
 	"github.com/handoff-go/handoff/upgrade"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
@@ -96,13 +97,13 @@ func peerContext(ctx context.Context, c net.Conn) context.Context {
 // serverStatus is what GET /status answers.
 type serverStatus struct {
 	upgrade.Status
-	Cache *CacheStats `json:"cache,omitempty"`
+	Cache *kvstore.CacheStats `json:"cache,omitempty"`
 }
 
 // controller adapts the Upgrader to handlers.Controller.
 type controller struct {
 	upg   *upgrade.Upgrader
-	store *store // nil when the store is not open
+	store *kvstore.Store // nil when the store is not open
 }
 
 func (c controller) Status() any {
