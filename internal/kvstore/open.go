@@ -3,12 +3,17 @@ package kvstore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/handoff-go/handoff/internal/datadir"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // storeSchemaVersion is kept in PRAGMA user_version, so that a binary
@@ -26,8 +31,14 @@ CREATE TABLE IF NOT EXISTS changelog (
 	key TEXT NOT NULL
 );`
 
-// openDatabase opens (creating if needed) the database in dir, which is
-// created if it does not exist.
+// openDatabase opens the database in dir, creating both if needed, after
+// the checks that make a bad database fail the start rather than every
+// request after it:
+//
+//   - The directory and every file of the database (kv.db, -wal, -shm)
+//     must be private to this user or root (see package datadir).
+//   - A missing kv.db is created whole, with its schema and mode 0600
+//     (SQLite gives -wal and -shm the database's mode).
 func openDatabase(ctx context.Context, dir string, log zerolog.Logger) (*sql.DB, error) {
 	if err := datadir.Prepare(dir); err != nil {
 		return nil, err
@@ -36,15 +47,23 @@ func openDatabase(ctx context.Context, dir string, log zerolog.Logger) (*sql.DB,
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	start := time.Now()
+	created, err := ensureDatabase(ctx, path, log)
+	if err != nil {
+		return nil, err
+	}
 	db, err := sql.Open("sqlite", storeDSN(path))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(storeMaxConns)
 	db.SetMaxIdleConns(storeMaxConns)
-	if err := initSchema(ctx, db); err != nil {
+	if err := checkDatabase(ctx, db, path); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err
+	}
+	if !created {
+		log.Info().Str("path", path).Float64("duration_ms", msSince(start)).Msg("database checked")
 	}
 	return db, nil
 }
@@ -65,32 +84,140 @@ func storeDSN(path string) string {
 	return u.String()
 }
 
-// initSchema creates the schema if absent. It writes nothing if the
-// schema is current, so that a new generation's start does not disturb
-// the old one's cache.
+// ensureDatabase checks the files of the database at path, or creates it
+// if it does not exist, and reports whether it did.
+func ensureDatabase(ctx context.Context, path string, log zerolog.Logger) (bool, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		created, err := createDatabase(ctx, path)
+		if err != nil {
+			return false, fmt.Errorf("create database %s: %w", path, err)
+		}
+		if created {
+			ev := log.Info()
+			if _, err := os.Stat(filepath.Join(filepath.Dir(path), snapshotFile)); err == nil {
+				// A cache snapshot says a database was here.
+				ev = log.Warn().Str("cache_snapshot", snapshotFile)
+			}
+			ev.Str("path", path).Msg("created new database")
+			return true, nil
+		}
+		fi, err = os.Stat(path) // another process created it first
+	}
+	if err != nil {
+		return false, fmt.Errorf("database: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("database %s is not a regular file (mode %v): move it aside", path, fi.Mode())
+	}
+	if err := datadir.CheckInfo("database file", path, fi); err != nil {
+		return false, err
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if err := datadir.Check("database file", path+suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// createDatabase makes a new database at path, with its schema and mode
+// 0600, in one step: it builds it under a temporary name and moves it to
+// path only if path does not exist. It reports false if another process
+// created path first.
+func createDatabase(ctx context.Context, path string) (bool, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
+	if err != nil {
+		return false, err
+	}
+	tmp := f.Name()
+	f.Close()
+	defer func() {
+		for _, suffix := range []string{"", "-journal", "-wal", "-shm"} {
+			os.Remove(tmp + suffix) // all gone once published
+		}
+	}()
+	db, err := sql.Open("sqlite", storeDSN(tmp))
+	if err != nil {
+		return false, err
+	}
+	err = initSchema(ctx, db)
+	// Closing the last connection folds the WAL into the file and
+	// removes it; synchronous(FULL) syncs the file.
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, err
+	}
+	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		err = os.Link(tmp, path) // a filesystem without RENAME_NOREPLACE
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return false, err
+	}
+	defer d.Close()
+	return true, d.Sync()
+}
+
+// initSchema creates the schema of a new database.
 func initSchema(ctx context.Context, db *sql.DB) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback()
+	if err := createSchema(ctx, tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit schema: %w", err)
+	}
+	return nil
+}
+
+// checkDatabase brings the schema of db up to date. It writes nothing if
+// the schema is current, so that a new generation's start does not
+// disturb the old one's cache.
+func checkDatabase(ctx context.Context, db *sql.DB, path string) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("open %s: begin: %w", path, err)
+	}
+	defer tx.Rollback()
 	var v int
 	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
+		return fmt.Errorf("open %s: read schema version: %w", path, err)
 	}
 	switch {
 	case v > storeSchemaVersion:
-		return fmt.Errorf("schema version %d is newer than this binary's %d; run a newer binary", v, storeSchemaVersion)
+		return fmt.Errorf("open %s: schema version %d is newer than this binary's %d; run a newer binary", path, v, storeSchemaVersion)
 	case v < storeSchemaVersion:
-		if _, err := tx.ExecContext(ctx, storeSchema); err != nil {
-			return fmt.Errorf("create schema: %w", err)
+		if err = createSchema(ctx, tx); err == nil {
+			err = tx.Commit()
 		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", storeSchemaVersion)); err != nil {
-			return fmt.Errorf("set schema version: %w", err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("commit schema: %w", err)
-		}
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	return nil
+}
+
+// createSchema creates the schema in tx, and sets its version.
+func createSchema(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, storeSchema); err != nil {
+		return fmt.Errorf("create schema: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", storeSchemaVersion)); err != nil {
+		return fmt.Errorf("set schema version: %w", err)
 	}
 	return nil
 }

@@ -3,9 +3,9 @@
 // it. Two generations of the server use the same database at once during
 // a handoff; coherence.go explains why neither ever serves a stale value.
 //
-// A Store's methods are safe for concurrent use. Close must be the last
-// call but PersistCache, which a generation runs during its cleanup, for
-// the next one's Warm.
+// Open refuses a database that another user can change (open.go). A Store's methods are safe for concurrent use. Close
+// must be the last call but PersistCache, which a generation runs during
+// its cleanup, for the next one's Warm.
 //
 // Errors that pass on their own, a database locked by the other
 // generation past the busy timeout (ErrBusy) and a closed store
@@ -47,7 +47,8 @@ const (
 // Options configure Open.
 type Options struct {
 	// Dir is the data directory. It is created (mode 0700) if it does not
-	// exist. Required.
+	// exist, and must be private to this process's user (or root's).
+	// Required.
 	Dir string
 	// Logger is the store's component logger. The zero Logger logs
 	// nothing.
@@ -74,7 +75,8 @@ type Store struct {
 }
 
 // Open opens the store in o.Dir, creating the directory and the database
-// if needed.
+// if needed. It fails, with an error that says what to do, if the
+// database is not private to this user.
 func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Dir == "" {
 		return nil, errors.New("open store: no data directory")

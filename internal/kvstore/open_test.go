@@ -1,0 +1,190 @@
+package kvstore_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/handoff-go/handoff/internal/kvstore"
+	"github.com/rs/zerolog"
+)
+
+// populated returns a data directory whose database holds n keys of
+// 1000-byte values, closed (its WAL folded into kv.db).
+func populated(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		kvstore.MustPut(t, s, "key"+strconv.Itoa(i), strings.Repeat("v", 1000))
+	}
+	if err := s.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// openFails opens the store in dir and returns the error it must fail with.
+func openFails(t *testing.T, dir string) error {
+	t.Helper()
+	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err == nil {
+		s.Close(context.Background())
+	}
+	return err
+}
+
+// wantErr fails the test unless err contains every one of parts.
+func wantErr(t *testing.T, what string, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("Open with %s = nil error, want one containing %q", what, parts)
+		return
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("Open with %s = %q, want it to contain %q", what, err, p)
+		}
+	}
+}
+
+// Issue 10 item 7: a data directory or database file that another user
+// can change was used as it was; a tmpfs mount point is 1777.
+func TestOpenRefusesFilesOthersCanChange(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(t *testing.T, dir, db string) string // returns the path at fault
+		fix    string
+	}{
+		{"world-writable data directory", func(t *testing.T, dir, db string) string {
+			chmod(t, dir, 0o777)
+			return dir
+		}, "chmod 700"},
+		{"tmpfs-like data directory (1777)", func(t *testing.T, dir, db string) string {
+			chmod(t, dir, 0o777|os.ModeSticky)
+			return dir
+		}, "chmod 700"},
+		{"group-writable data directory", func(t *testing.T, dir, db string) string {
+			chmod(t, dir, 0o770)
+			return dir
+		}, "chmod 700"},
+		{"group-writable database", func(t *testing.T, dir, db string) string {
+			chmod(t, db, 0o660)
+			return db
+		}, "chmod 600"},
+		{"world-writable -wal", func(t *testing.T, dir, db string) string {
+			touch(t, db+"-wal", 0o666)
+			return db + "-wal"
+		}, "chmod 600"},
+		{"world-writable -shm", func(t *testing.T, dir, db string) string {
+			touch(t, db+"-shm", 0o606)
+			return db + "-shm"
+		}, "chmod 600"},
+		{"database of another user", func(t *testing.T, dir, db string) string {
+			chown(t, db, 65534)
+			return db
+		}, "chown"},
+		{"data directory of another user", func(t *testing.T, dir, db string) string {
+			chown(t, dir, 65534)
+			return dir
+		}, "chown"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := populated(t, 1)
+			db, _ := filepath.Abs(filepath.Join(dir, "kv.db"))
+			at := tt.change(t, dir, db)
+			wantErr(t, tt.name, openFails(t, dir), at+" ", tt.fix)
+		})
+	}
+}
+
+// Issue 10 item 7: the database and its -wal and -shm were created with
+// SQLite's default mode 0644 less the umask.
+func TestOpenCreatesPrivateFiles(t *testing.T) {
+	defer syscall.Umask(syscall.Umask(0))
+	dir := filepath.Join(t.TempDir(), "data") // a TempDir made under umask 0 is 0777
+	s := kvstore.OpenTest(t, dir)
+	kvstore.MustPut(t, s, "k", "v") // the WAL and its index exist while the store is open
+	for _, name := range []string{"kv.db", "kv.db-wal", "kv.db-shm"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s created with mode %v under umask 0, want 0600", name, fi.Mode().Perm())
+		}
+	}
+}
+
+// Issue 10 item 9: say in the log when a database was created new, so that
+// a database lost by accident shows.
+func TestOpenLogsCreatedDatabase(t *testing.T) {
+	dir := t.TempDir()
+	for i, want := range []bool{true, false} {
+		var logs bytes.Buffer
+		s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(&logs)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kvstore.MustPut(t, s, "k", "v")
+		if err := s.Close(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), `"message":"created new database"`); got != want {
+			t.Errorf("open #%d: logged \"created new database\" = %v, want %v; log:\n%s", i+1, got, want, logs.String())
+		}
+	}
+	// A cache snapshot says that the directory held a database: the new one
+	// is a warning.
+	if err := os.Remove(filepath.Join(dir, "kv.db")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cache.snapshot"), []byte(`{"version":1,"keys":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close(t.Context())
+	if !strings.Contains(logs.String(), `{"level":"warn","cache_snapshot":"cache.snapshot"`) ||
+		!strings.Contains(logs.String(), `"message":"created new database"`) {
+		t.Errorf("a new database beside a cache snapshot: log %q, want a warning", logs.String())
+	}
+}
+
+func chmod(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func chown(t *testing.T, path string, uid int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+	if err := os.Chown(path, uid, -1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func touch(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, nil, mode); err != nil {
+		t.Fatal(err)
+	}
+	chmod(t, path, mode) // past the umask
+}
