@@ -14,6 +14,7 @@ import (
 	"github.com/handoff-go/handoff/internal/datadir"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // storeSchemaVersion is kept in PRAGMA user_version, so that a binary
@@ -39,6 +40,8 @@ CREATE TABLE IF NOT EXISTS changelog (
 //     must be private to this user or root (see package datadir).
 //   - A missing kv.db is created whole, with its schema and mode 0600
 //     (SQLite gives -wal and -shm the database's mode).
+//   - SQLite must be able to write it. It opens a file it cannot write
+//     read-only without an error; every write would fail.
 func openDatabase(ctx context.Context, dir string, log zerolog.Logger) (*sql.DB, error) {
 	if err := datadir.Prepare(dir); err != nil {
 		return nil, err
@@ -184,9 +187,9 @@ func initSchema(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// checkDatabase brings the schema of db up to date. It writes nothing if
-// the schema is current, so that a new generation's start does not
-// disturb the old one's cache.
+// checkDatabase brings the schema of db up to date, proving on the way
+// that SQLite can write it. It writes nothing if the schema is current,
+// so that a new generation's start does not disturb the old one's cache.
 func checkDatabase(ctx context.Context, db *sql.DB, path string) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -204,6 +207,14 @@ func checkDatabase(ctx context.Context, db *sql.DB, path string) error {
 		if err = createSchema(ctx, tx); err == nil {
 			err = tx.Commit()
 		}
+	default:
+		// Rewrite the version and roll back: a write that commits nothing.
+		_, err = tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", storeSchemaVersion))
+	}
+	if sqliteCode(err) == sqlite3.SQLITE_READONLY {
+		return fmt.Errorf("database %s is read-only to this server (%v): make it and its -wal and -shm files "+
+			"writable by the user the server runs as (chown and chmod 600 them), on a filesystem mounted "+
+			"read-write, and not immutable (lsattr, chattr -i)", path, err)
 	}
 	if err != nil {
 		return fmt.Errorf("open %s: %w", path, err)

@@ -3,6 +3,7 @@ package kvstore_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/handoff-go/handoff/internal/kvstore"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // populated returns a data directory whose database holds n keys of
@@ -126,6 +128,15 @@ func TestOpenCreatesPrivateFiles(t *testing.T) {
 	}
 }
 
+// Issue 10 item 8: SQLite opens a database it cannot write read-only, with
+// no error; the store then started and failed every write.
+func TestOpenRefusesReadOnlyDatabase(t *testing.T) {
+	dir := populated(t, 1)
+	db, _ := filepath.Abs(filepath.Join(dir, "kv.db"))
+	unwritable(t, db)
+	wantErr(t, "a read-only kv.db", openFails(t, dir), db+" is read-only", "chmod 600")
+}
+
 // Issue 10 item 9: say in the log when a database was created new, so that
 // a database lost by accident shows.
 func TestOpenLogsCreatedDatabase(t *testing.T) {
@@ -188,3 +199,43 @@ func touch(t *testing.T, path string, mode os.FileMode) {
 	}
 	chmod(t, path, mode) // past the umask
 }
+
+// unwritable makes path unwritable for this process: mode 0400, or, for
+// root, whom modes do not stop, the immutable attribute (chattr +i),
+// removed when the test ends.
+func unwritable(t *testing.T, path string) {
+	t.Helper()
+	chmod(t, path, 0o400)
+	if os.Geteuid() != 0 {
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err == nil {
+		err = unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags|fsImmutable)
+	}
+	if errors.Is(err, unix.ENOTTY) || errors.Is(err, unix.EOPNOTSUPP) {
+		t.Skipf("%s: the filesystem has no immutable attribute: %v", path, err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // before t.TempDir's removal, registered earlier
+		f, err := os.Open(path)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags); err != nil {
+			t.Errorf("chattr -i %s: %v", path, err)
+		}
+	})
+}
+
+// fsImmutable is FS_IMMUTABLE_FL of linux/fs.h, which x/sys/unix lacks.
+const fsImmutable = 0x10

@@ -3,7 +3,8 @@
 // it. Two generations of the server use the same database at once during
 // a handoff; coherence.go explains why neither ever serves a stale value.
 //
-// Open refuses a database that another user can change (open.go). A Store's methods are safe for concurrent use. Close
+// Open refuses a database it cannot trust: files that another user can
+// change, or a file SQLite could open only read-only (open.go). A Store's methods are safe for concurrent use. Close
 // must be the last call but PersistCache, which a generation runs during
 // its cleanup, for the next one's Warm.
 //
@@ -76,7 +77,7 @@ type Store struct {
 
 // Open opens the store in o.Dir, creating the directory and the database
 // if needed. It fails, with an error that says what to do, if the
-// database is not private to this user.
+// database is not private to this user or not writable.
 func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Dir == "" {
 		return nil, errors.New("open store: no data directory")
