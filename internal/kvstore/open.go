@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/handoff-go/handoff/internal/datadir"
@@ -32,6 +33,9 @@ CREATE TABLE IF NOT EXISTS changelog (
 	key TEXT NOT NULL
 );`
 
+// quickCheckMax is how many problems quick_check reports at most.
+const quickCheckMax = 5
+
 // openDatabase opens the database in dir, creating both if needed, after
 // the checks that make a bad database fail the start rather than every
 // request after it:
@@ -39,7 +43,11 @@ CREATE TABLE IF NOT EXISTS changelog (
 //   - The directory and every file of the database (kv.db, -wal, -shm)
 //     must be private to this user or root (see package datadir).
 //   - A missing kv.db is created whole, with its schema and mode 0600
-//     (SQLite gives -wal and -shm the database's mode).
+//     (SQLite gives -wal and -shm the database's mode). So an existing
+//     empty kv.db is never one this store made: it is refused, as a
+//     database truncated by accident would otherwise start empty.
+//   - PRAGMA quick_check must pass: a damaged file is refused with how to
+//     recover it.
 //   - SQLite must be able to write it. It opens a file it cannot write
 //     read-only without an error; every write would fail.
 func openDatabase(ctx context.Context, dir string, log zerolog.Logger) (*sql.DB, error) {
@@ -92,9 +100,16 @@ func storeDSN(path string) string {
 func ensureDatabase(ctx context.Context, path string, log zerolog.Logger) (bool, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		created, err := createDatabase(ctx, path)
-		if err != nil {
-			return false, fmt.Errorf("create database %s: %w", path, err)
+		// A write-ahead log without its database holds commits that
+		// SQLite would replay onto a new, empty one.
+		if wal, err := os.Stat(path + "-wal"); err == nil && wal.Size() > 0 {
+			return false, fmt.Errorf("database %s is missing, but its write-ahead log %s-wal holds %d bytes of it: "+
+				"restore %s from a backup, or remove %s-wal and %s-shm to start with an empty store",
+				path, path, wal.Size(), path, path, path)
+		}
+		created, cerr := createDatabase(ctx, path)
+		if cerr != nil {
+			return false, fmt.Errorf("create database %s: %w", path, cerr)
 		}
 		if created {
 			ev := log.Info()
@@ -120,6 +135,11 @@ func ensureDatabase(ctx context.Context, path string, log zerolog.Logger) (bool,
 		if err := datadir.Check("database file", path+suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return false, err
 		}
+	}
+	if fi.Size() == 0 {
+		return false, fmt.Errorf("database %s is empty (0 bytes), as one truncated by accident is, and the server will not start "+
+			"on it with an empty store: restore it from a backup, or remove it (rm %s) to start with an empty store",
+			path, path)
 	}
 	return false, nil
 }
@@ -187,10 +207,14 @@ func initSchema(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// checkDatabase brings the schema of db up to date, proving on the way
-// that SQLite can write it. It writes nothing if the schema is current,
-// so that a new generation's start does not disturb the old one's cache.
+// checkDatabase runs quick_check on db, then brings its schema up to date,
+// proving on the way that SQLite can write it. It writes nothing if the
+// schema is current, so that a new generation's start does not disturb
+// the old one's cache.
 func checkDatabase(ctx context.Context, db *sql.DB, path string) error {
+	if err := quickCheck(ctx, db, path); err != nil {
+		return err
+	}
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("open %s: begin: %w", path, err)
@@ -231,4 +255,44 @@ func createSchema(ctx context.Context, tx *sql.Tx) error {
 		return fmt.Errorf("set schema version: %w", err)
 	}
 	return nil
+}
+
+// quickCheck runs PRAGMA quick_check, which reads every page and checks
+// the structure of every b-tree (not that indexes match their tables).
+// A damaged database is refused with how to recover it.
+func quickCheck(ctx context.Context, db *sql.DB, path string) error {
+	rows, err := db.QueryContext(ctx, fmt.Sprintf("PRAGMA quick_check(%d)", quickCheckMax))
+	var problems []string
+	if err == nil {
+		for rows.Next() {
+			var p string
+			if err = rows.Scan(&p); err != nil {
+				break
+			}
+			problems = append(problems, p)
+		}
+		if err == nil {
+			err = rows.Err()
+		}
+		rows.Close()
+	}
+	switch {
+	case err == nil && len(problems) == 1 && problems[0] == "ok":
+		return nil
+	case err == nil:
+		return damaged(path, strings.Join(problems, "; "))
+	}
+	switch sqliteCode(err) {
+	case sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB:
+		return damaged(path, err.Error())
+	}
+	return fmt.Errorf("check database %s: %w", path, err)
+}
+
+func damaged(path, problem string) error {
+	dir, name := filepath.Split(path)
+	return fmt.Errorf("database %s is damaged (%s), and the server will not start on it: stop every server that uses it, "+
+		"then in %s move it and its -wal and -shm files aside (for f in %s %s-wal %s-shm; do mv $f damaged-$f; done), "+
+		"and restore %s from a backup or recover what is readable (sqlite3 damaged-%s .recover | sqlite3 %s)",
+		path, problem, dir, name, name, name, name, name, name)
 }

@@ -137,6 +137,43 @@ func TestOpenRefusesReadOnlyDatabase(t *testing.T) {
 	wantErr(t, "a read-only kv.db", openFails(t, dir), db+" is read-only", "chmod 600")
 }
 
+// Issue 10 item 9: an empty kv.db started as an empty store, and a damaged
+// one started and failed the reads of some keys forever.
+func TestOpenRefusesDamagedDatabase(t *testing.T) {
+	const page = 4096
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, db string)
+		want   []string // besides the path
+	}{
+		{"empty", func(t *testing.T, db string) { truncate(t, db, 0) }, []string{"is empty (0 bytes)", "rm "}},
+		{"truncated", func(t *testing.T, db string) { truncate(t, db, size(t, db)/2) }, []string{"is damaged", ".recover"}},
+		{"overwritten page", func(t *testing.T, db string) {
+			// A page in the middle: a leaf of the kv table or its index.
+			garbage := bytes.Repeat([]byte{0xff, 0x13, 0x37, 0x00}, page/4)
+			writeAt(t, db, garbage, (size(t, db)/page/2)*page)
+		}, []string{"is damaged", "mv ", ".recover", "backup"}},
+		{"overwritten header", func(t *testing.T, db string) {
+			writeAt(t, db, bytes.Repeat([]byte("x"), 100), 0)
+		}, []string{"is damaged", ".recover"}},
+		{"missing, with its WAL", func(t *testing.T, db string) {
+			if err := os.Remove(db); err != nil {
+				t.Fatal(err)
+			}
+			touch(t, db+"-wal", 0o600)
+			writeAt(t, db+"-wal", bytes.Repeat([]byte{1}, 4096), 0)
+		}, []string{"is missing, but its write-ahead log", "restore"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := populated(t, 300)
+			db, _ := filepath.Abs(filepath.Join(dir, "kv.db"))
+			tt.damage(t, db)
+			wantErr(t, "a "+tt.name+" kv.db", openFails(t, dir), append([]string{db + " "}, tt.want...)...)
+		})
+	}
+}
+
 // Issue 10 item 9: say in the log when a database was created new, so that
 // a database lost by accident shows.
 func TestOpenLogsCreatedDatabase(t *testing.T) {
@@ -200,6 +237,34 @@ func touch(t *testing.T, path string, mode os.FileMode) {
 	chmod(t, path, mode) // past the umask
 }
 
+func size(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+func truncate(t *testing.T, path string, n int64) {
+	t.Helper()
+	if err := os.Truncate(path, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeAt(t *testing.T, path string, b []byte, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // unwritable makes path unwritable for this process: mode 0400, or, for
 // root, whom modes do not stop, the immutable attribute (chattr +i),
 // removed when the test ends.
@@ -239,3 +304,41 @@ func unwritable(t *testing.T, path string) {
 
 // fsImmutable is FS_IMMUTABLE_FL of linux/fs.h, which x/sys/unix lacks.
 const fsImmutable = 0x10
+
+// Generations that start at once on a new data directory all open the one
+// database that the first of them created; none sees it empty.
+func TestOpenConcurrentCreate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	const n = 4
+	var logs [n]bytes.Buffer
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(&logs[i])})
+			if err == nil {
+				_, err = s.Put(t.Context(), "k"+strconv.Itoa(i), []byte("v"))
+				s.Close(context.Background())
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("Open during %d concurrent Opens of a new directory: %v", n, err)
+		}
+	}
+	created := 0
+	for i := range logs {
+		created += strings.Count(logs[i].String(), `"message":"created new database"`)
+	}
+	if created != 1 {
+		t.Errorf("%d concurrent Opens of a new directory logged \"created new database\" %d times, want 1", n, created)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 { // kv.db; the WAL goes with the last Close
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("data directory after the Opens holds %q, want only kv.db", names)
+	}
+}

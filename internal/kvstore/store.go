@@ -4,7 +4,8 @@
 // a handoff; coherence.go explains why neither ever serves a stale value.
 //
 // Open refuses a database it cannot trust: files that another user can
-// change, or a file SQLite could open only read-only (open.go). A Store's methods are safe for concurrent use. Close
+// change, a file SQLite could open only read-only, an empty or damaged
+// file (open.go). A Store's methods are safe for concurrent use. Close
 // must be the last call but PersistCache, which a generation runs during
 // its cleanup, for the next one's Warm.
 //
@@ -77,7 +78,7 @@ type Store struct {
 
 // Open opens the store in o.Dir, creating the directory and the database
 // if needed. It fails, with an error that says what to do, if the
-// database is not private to this user or not writable.
+// database is not private to this user, not writable, empty or damaged.
 func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Dir == "" {
 		return nil, errors.New("open store: no data directory")
