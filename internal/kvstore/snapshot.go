@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/handoff-go/handoff/internal/atomicfile"
+	"github.com/handoff-go/handoff/internal/datadir"
 )
 
 // cacheSnapshot is the file PersistCache writes and Warm reads. It holds
@@ -24,8 +24,17 @@ type cacheSnapshot struct {
 
 const cacheSnapshotVersion = 1
 
-// warmBatch is how many keys Warm reads per statement.
-const warmBatch = 500
+// Bounds of Warm.
+const (
+	// warmBatch is how many keys Warm reads per statement.
+	warmBatch = 500
+	// maxSnapshotBytes is the largest snapshot Warm reads: several times
+	// the largest that PersistCache writes (MaxCacheEntries keys of at
+	// most 512 bytes, JSON-escaped).
+	maxSnapshotBytes = 64 << 20
+	// warmTimeout bounds Warm. A cache that is not warm is only colder.
+	warmTimeout = time.Minute
+)
 
 // PersistCache writes the cached keys to cache.snapshot in the data
 // directory, for the next generation's Warm. It replaces the file
@@ -54,7 +63,11 @@ func (s *Store) PersistCache(ctx context.Context) error {
 func (s *Store) Warm(ctx context.Context) error {
 	start := time.Now()
 	path := filepath.Join(s.dir, snapshotFile)
-	b, err := os.ReadFile(path)
+	ctx, cancel := context.WithTimeout(ctx, warmTimeout)
+	defer cancel()
+	// Only a regular file: a FIFO or a device at the path would block a
+	// plain open or read forever.
+	b, _, err := datadir.ReadFile(ctx, path, maxSnapshotBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		s.log.Info().Str("path", path).Msg("no cache snapshot; cache starts cold")
 		return nil

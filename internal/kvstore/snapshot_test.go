@@ -4,8 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/handoff-go/handoff/internal/kvstore"
+	"golang.org/x/sys/unix"
 )
 
 func TestStorePersistAndWarm(t *testing.T) {
@@ -77,6 +79,65 @@ func TestStoreWarmIgnoresBadSnapshot(t *testing.T) {
 			}
 			if got := kvstore.MustGet(t, fresh, "a"); got != "1" {
 				t.Errorf("Get(a) after Warm with a %s snapshot = %q, want 1", tt.name, got)
+			}
+		})
+	}
+}
+
+// Issue 10 item 12: a FIFO at the snapshot path blocked the warm-up
+// forever. Only a regular file of bounded size is read.
+func TestWarmReadsOnlyRegularFiles(t *testing.T) {
+	tests := []struct {
+		name string
+		make func(t *testing.T, path string)
+	}{
+		{"FIFO", func(t *testing.T, path string) {
+			if err := unix.Mkfifo(path, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"directory", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"file larger than the bound", func(t *testing.T, path string) {
+			f, err := os.Create(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := f.Truncate(1 << 30); err != nil { // sparse: no disk used
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := kvstore.OpenTest(t, dir)
+			kvstore.MustPut(t, s, "a", "1")
+			path := filepath.Join(dir, "cache.snapshot")
+			tt.make(t, path)
+			fresh := kvstore.OpenTest(t, dir)
+			done := make(chan error, 1)
+			go func() { done <- fresh.Warm(t.Context()) }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(20 * time.Second):
+				// Unblock it: a writer that opens and closes gives EOF.
+				if w, err := os.OpenFile(path, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+					w.Close()
+				}
+				<-done
+				t.Fatalf("Warm with a %s at the snapshot path blocked", tt.name)
+			}
+			if err != nil {
+				t.Errorf("Warm with a %s at the snapshot path: %v, want nil (a cold cache)", tt.name, err)
+			}
+			if st := fresh.CacheStats(); st.Entries != 0 {
+				t.Errorf("cache after Warm with a %s snapshot has %d entries, want 0", tt.name, st.Entries)
 			}
 		})
 	}
