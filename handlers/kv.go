@@ -29,12 +29,22 @@ const (
 // ErrUnavailable marks a KV error that is transient, such as a database
 // that stayed locked past its busy timeout or a store that is closing: it
 // is answered 503 with Retry-After, where any other error is a 500. A KV
-// wraps it (or returns an error whose Unwrap chain reaches it).
+// wraps it, or, so as not to import this package, returns an error whose
+// chain holds one with a method Unavailable() bool that returns true.
 const ErrUnavailable = kvError("key-value store is temporarily unavailable")
 
 type kvError string
 
 func (e kvError) Error() string { return string(e) }
+
+// Unavailable reports that the error is transient.
+func (e kvError) Unavailable() bool { return true }
+
+// unavailable reports whether err is transient, as ErrUnavailable says.
+func unavailable(err error) bool {
+	var u interface{ Unavailable() bool }
+	return errors.As(err, &u) && u.Unavailable()
+}
 
 // KV is the key-value store the /kv routes serve. The keys the handlers
 // pass are non-empty UTF-8 text without control characters, at most
@@ -245,7 +255,7 @@ func kvFailed(w http.ResponseWriter, r *http.Request, log zerolog.Logger, op str
 	if r.Context().Err() != nil {
 		return // the client left; nobody reads an answer
 	}
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if unavailable(err) || errors.Is(err, context.DeadlineExceeded) {
 		log.Warn().Err(err).Str("op", op).Msg("kv store unavailable")
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusServiceUnavailable, "key-value store is busy; retry in a moment")

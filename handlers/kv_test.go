@@ -330,6 +330,9 @@ func TestKVStoreErrors(t *testing.T) {
 		{"broken", errors.New("disk I/O error: secret detail"), 500, "server log has the cause"},
 		{"busy", fmt.Errorf("put: %w", handlers.ErrUnavailable), 503, "retry"},
 		{"deadline", fmt.Errorf("get: %w", context.DeadlineExceeded), 503, "retry"},
+		// A store that does not import handlers says so with a method.
+		{"closing", fmt.Errorf("get: %w", transient(true)), 503, "retry"},
+		{"not transient after all", fmt.Errorf("get: %w", transient(false)), 500, "server log has the cause"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -354,6 +357,12 @@ func TestKVStoreErrors(t *testing.T) {
 		})
 	}
 }
+
+// transient is an error of a store with its own idea of "unavailable".
+type transient bool
+
+func (e transient) Error() string     { return "store is closed" }
+func (e transient) Unavailable() bool { return bool(e) }
 
 func TestKVRoutesNeedAStore(t *testing.T) {
 	h := newKVApp(t, nil)

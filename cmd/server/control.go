@@ -13,26 +13,36 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
+	"github.com/handoff-go/handoff/internal/datadir"
+	"github.com/handoff-go/handoff/internal/kvstore"
 	"github.com/handoff-go/handoff/upgrade"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
+// maxTokenFile is the largest control token file loadToken reads.
+const maxTokenFile = 64 << 10
+
 // loadToken reads the control token from path. A missing file is created
 // with a random 256-bit token and mode 0600; the token is never logged.
+// A file that another user can change is refused: its token could be
+// theirs.
 func loadToken(path string, log zerolog.Logger) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, fi, err := datadir.ReadFile(context.Background(), path, maxTokenFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return createToken(path, log)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("control token file: %w", err)
 	}
+	if err := datadir.CheckInfo("control token file", path, fi); err != nil {
+		return nil, insecureIsUsage(err)
+	}
 	tok := bytes.TrimSpace(b)
 	if len(tok) < 16 {
 		return nil, fmt.Errorf("control token file %s holds %d bytes: use at least 16 (delete it to have one generated)", path, len(tok))
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	if fi.Mode().Perm()&0o077 != 0 {
 		log.Warn().Str("path", path).Str("mode", fi.Mode().Perm().String()).
 			Msg("control token file is readable by others: chmod 600 it")
 	}
@@ -96,13 +106,13 @@ func peerContext(ctx context.Context, c net.Conn) context.Context {
 // serverStatus is what GET /status answers.
 type serverStatus struct {
 	upgrade.Status
-	Cache *CacheStats `json:"cache,omitempty"`
+	Cache *kvstore.CacheStats `json:"cache,omitempty"`
 }
 
 // controller adapts the Upgrader to handlers.Controller.
 type controller struct {
 	upg   *upgrade.Upgrader
-	store *store // nil when the store is not open
+	store *kvstore.Store // nil when the store is not open
 }
 
 func (c controller) Status() any {

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/kvstore"
 	"github.com/handoff-go/handoff/upgrade"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -13,7 +14,7 @@ import (
 // metricsHandler serves this process's metrics in the Prometheus text
 // format: the Go runtime and process, and the generation's own figures,
 // read from its status at each scrape so that nothing is counted twice.
-func metricsHandler(upg *upgrade.Upgrader, st *store) http.Handler {
+func metricsHandler(upg *upgrade.Upgrader, st *kvstore.Store) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -51,7 +52,7 @@ var (
 // statusCollector turns upgrade.Status into metrics at scrape time.
 type statusCollector struct {
 	upg   *upgrade.Upgrader
-	store *store
+	store *kvstore.Store
 }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
