@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -311,19 +312,27 @@ func TestCacheWarmAfterUpgrade(t *testing.T) {
 	}
 	readAll(s) // generation 1 caches them
 
+	snapshot := filepath.Join(s.dir, "data", "cache.snapshot")
 	s.signal(s.pidOf(1), syscall.SIGHUP)
 	s.waitReady(2)
 	s.waitExit(s.pidOf(1), time.Minute)
-	s.logs.wait(t, time.Minute, "generation 2's cache warm-up", func(l logLine) bool {
+	warmed := s.logs.wait(t, time.Minute, "generation 2's cache warm-up", func(l logLine) bool {
 		return l.msg() == "cache warmed" && l.int("generation") == 2
 	})
+	// The hot keys came over the handoff channel, not through a file.
+	if from := warmed.str("from"); from != "previous generation" {
+		t.Errorf("generation 2 warmed its cache from %q, want the state the previous generation handed over", from)
+	}
+	if _, err := os.Stat(snapshot); err == nil {
+		t.Errorf("an upgrade wrote %s; the state goes over the handoff channel, the file only at a full stop", snapshot)
+	}
 	hits, misses := readAll(s)
 	warm := float64(hits) / float64(hits+misses)
 
 	// The same reads after a cold start: stopped, snapshot removed.
 	s.signal(s.pidOf(2), syscall.SIGTERM)
 	s.waitExit(s.pidOf(2), time.Minute)
-	if err := os.Remove(filepath.Join(s.dir, "data", "cache.snapshot")); err != nil {
+	if err := os.Remove(snapshot); err != nil {
 		t.Fatalf("the stop left no cache snapshot: %v", err)
 	}
 	cold := start(t, startOptions{dir: s.dir})
@@ -338,4 +347,38 @@ func TestCacheWarmAfterUpgrade(t *testing.T) {
 	if coldRatio != 0 {
 		t.Errorf("hit ratio of the first reads after a cold start = %.2f, want 0 (the comparison is void)", coldRatio)
 	}
+}
+
+// A new generation that cannot read the state the old one handed over
+// fails the upgrade, and the old one serves on.
+func TestRejectedStateFailsUpgrade(t *testing.T) {
+	s := start(t, startOptions{env: []string{"HANDOFF_FAULT_BAD_STATE=1"}})
+	pid := s.waitReady(1)
+	c, err := dial1(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 20 {
+		key := fmt.Sprintf("hot/%d", i)
+		kvDo(t, c, "PUT", s.addr, key, kvValue(key))
+		kvDo(t, c, "GET", s.addr, key, nil)
+	}
+	stop, tl := backgroundLoad(s.addr)
+	waitRequests(t, tl, 200)
+	s.install(vFaults) // corrupts the state it is handed
+	_, errOut, st := s.ctl("upgrade")
+	waitRequests(t, tl, total(tl)+200)
+	stop()
+	if st != 1 || !strings.Contains(errOut, "handed-over cache state") {
+		t.Errorf("ctl upgrade to a generation that rejects the state: status %d, %q; want 1 and the reason", st, errOut)
+	}
+	if n := tl.failures(); n > 0 {
+		t.Errorf("%d requests failed, want 0: %v", n, tl.examples)
+	}
+	info, _ := getRoot(t, freshClient(), s.url("/"))
+	if info.PID != pid {
+		t.Errorf("pid %d serves after the rejected state, want the old generation (%d)", info.PID, pid)
+	}
+	t.Logf("rejected state: %d requests, %d failed; ctl upgrade said: %s", total(tl), tl.failures(), strings.TrimSpace(errOut))
 }

@@ -414,6 +414,7 @@ func (u *Upgrader) beginFinish(handoff bool, reason string, deadline time.Time) 
 		delete(lc.supWaiters, id)
 	}
 	if handoff {
+		u.handedOff.Store(true)
 		u.setState(StateDraining)
 	} else {
 		u.setState(StateStopping)

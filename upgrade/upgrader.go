@@ -63,6 +63,7 @@ type Upgrader struct {
 	prevGone  chan struct{} // closed when the previous generation has exited
 	wg        sync.WaitGroup
 	snap      atomic.Pointer[Status] // published by the lifecycle goroutine
+	handedOff atomic.Bool            // this generation handed over to a successor
 	runErr    error                  // set before finished or forcedC is closed
 
 	lc lifecycle // owned by the lifecycle goroutine
@@ -270,6 +271,12 @@ func (u *Upgrader) IsReady() bool {
 	st := u.snap.Load().State
 	return st == StateServing || st == StateUpgrading
 }
+
+// HandedOver reports whether this generation handed over to a successor
+// (rather than stopping the service). A cleanup hook asks it to skip work
+// only a full stop needs, such as persisting state the successor got over
+// the handoff channel.
+func (u *Upgrader) HandedOver() bool { return u.handedOff.Load() }
 
 // Done returns a channel closed once the generation has drained and run
 // its cleanup hooks.

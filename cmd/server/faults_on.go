@@ -24,3 +24,12 @@ func injectFaults(getenv func(string) string, u *upgrade.Upgrader, log zerolog.L
 		os.Exit(3) // the crash under test; only main exits otherwise
 	})
 }
+
+// faultState corrupts the state handed over by the previous generation
+// when HANDOFF_FAULT_BAD_STATE is set: a generation that must reject it.
+func faultState(getenv func(string) string, state []byte) []byte {
+	if getenv("HANDOFF_FAULT_BAD_STATE") == "" {
+		return state
+	}
+	return append([]byte("garbage"), state...)
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
+	"github.com/handoff-go/handoff/internal/kvstore"
 	"github.com/handoff-go/handoff/upgrade"
 )
 
@@ -57,6 +58,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := prepareDataDir(cfg.DataDir); err != nil {
 		return err
 	}
+	// kv is set before Ready; HandOver runs only after it, when a successor
+	// asks, ordered after the assignment by Ready's handshake.
+	var kv *kvstore.Store
 	upg, err := upgrade.New(upgrade.Options{
 		Logger:         logger,
 		Version:        version,
@@ -69,6 +73,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		CleanupTimeout: cfg.CleanupTimeout,
 		Probation:      cfg.Probation,
 		LogConnections: cfg.LogLevel == "debug",
+		// The hot cache's keys go to the next generation in memory; the
+		// snapshot file is only for a cold start after a full stop.
+		HandOver: func(context.Context) ([]byte, error) { return kv.HotKeys() },
 	})
 	if err != nil {
 		return err
@@ -79,7 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	kv, err := openStore(ctx, cfg.DataDir, log.With().Str("component", "store").Logger())
+	kv, err = openStore(ctx, cfg.DataDir, log.With().Str("component", "store").Logger())
 	if err != nil {
 		return err
 	}
@@ -87,8 +94,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := upg.OnCleanup("close database", kv.Close); err != nil {
 		return err
 	}
-	if err := upg.OnCleanup("persist cache", kv.PersistCache); err != nil {
+	if err := upg.OnCleanup("persist cache", func(ctx context.Context) error {
+		if upg.HandedOver() {
+			log.Info().Msg("cache handed over in memory: no snapshot written")
+			return nil
+		}
+		return kv.PersistCache(ctx)
+	}); err != nil {
 		return err
+	}
+	// A new generation takes the previous one's hot keys over the handoff
+	// channel; a state it cannot read fails the upgrade.
+	state, err := upg.InheritedState(ctx)
+	if err != nil {
+		return fmt.Errorf("cache state from the previous generation: %w", err)
+	}
+	if state != nil {
+		if err := kv.WarmFrom(ctx, faultState(getenv, state)); err != nil {
+			return err
+		}
 	}
 
 	var tlsConfig *tls.Config
@@ -160,17 +184,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := upg.Ready(); err != nil {
 		return err
 	}
-	// The cache warms from the snapshot the previous generation persisted
-	// in its cleanup, once it has exited (at once for the first).
-	go func() { // ends once warmed, or when this generation is done
-		select {
-		case <-upg.PreviousExited():
-			if err := kv.Warm(ctx); err != nil {
-				log.Warn().Err(err).Msg("warm cache")
+	if state == nil {
+		// A cold start: the cache warms from the snapshot the last
+		// generation persisted when the service stopped, once that one
+		// has exited (at once for the first).
+		go func() { // ends once warmed, or when this generation is done
+			select {
+			case <-upg.PreviousExited():
+				if err := kv.Warm(ctx); err != nil {
+					log.Warn().Err(err).Msg("warm cache")
+				}
+			case <-upg.Done():
 			}
-		case <-upg.Done():
-		}
-	}()
+		}()
+	}
 	return upg.Run(ctx)
 }
 

@@ -1,6 +1,7 @@
 package kvstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,40 @@ func (s *Store) PersistCache(ctx context.Context) error {
 	return nil
 }
 
+// HotKeys returns the cached keys, most recently used first, encoded as a
+// snapshot: the state a generation hands its successor (WarmFrom), with no
+// file in between.
+func (s *Store) HotKeys() ([]byte, error) {
+	s.mu.Lock()
+	keys := s.cache.keys()
+	s.mu.Unlock()
+	return json.Marshal(cacheSnapshot{Version: cacheSnapshotVersion, Keys: keys})
+}
+
+// WarmFrom fills the cache from the keys a previous generation handed over
+// (HotKeys), values read from the database. Unlike Warm, which treats a
+// damaged file as a cold start, it refuses state it cannot read: the
+// generation that got it fails to start, and the old one serves on.
+func (s *Store) WarmFrom(ctx context.Context, state []byte) error {
+	start := time.Now()
+	var snap cacheSnapshot
+	dec := json.NewDecoder(bytes.NewReader(state))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&snap); err != nil {
+		return fmt.Errorf("handed-over cache state: %w", err)
+	}
+	if snap.Version != cacheSnapshotVersion {
+		return fmt.Errorf("handed-over cache state: version %d, want %d", snap.Version, cacheSnapshotVersion)
+	}
+	n, err := s.warmKeys(ctx, snap.Keys)
+	if err != nil {
+		return err
+	}
+	s.log.Info().Int("count", n).Int("handed_keys", len(snap.Keys)).Str("from", "previous generation").
+		Float64("duration_ms", msSince(start)).Msg("cache warmed")
+	return nil
+}
+
 // Warm fills the cache with the keys of cache.snapshot, values read from
 // the database. A missing or corrupt snapshot leaves the cache cold and is
 // not an error; an error is a database failure, after which the cache is
@@ -85,7 +120,18 @@ func (s *Store) Warm(ctx context.Context) error {
 		s.log.Warn().Int("version", snap.Version).Str("path", path).Msg("cache snapshot ignored: unknown version")
 		return nil
 	}
-	keys := snap.Keys
+	n, err := s.warmKeys(ctx, snap.Keys)
+	if err != nil {
+		return err
+	}
+	s.log.Info().Int("count", n).Int("snapshot_keys", len(snap.Keys)).Str("from", "snapshot").
+		Float64("duration_ms", msSince(start)).Msg("cache warmed")
+	return nil
+}
+
+// warmKeys caches the values of keys, most recently used first, and
+// returns how many it cached.
+func (s *Store) warmKeys(ctx context.Context, keys []string) (int, error) {
 	if len(keys) > MaxCacheEntries {
 		keys = keys[:MaxCacheEntries]
 	}
@@ -96,13 +142,11 @@ func (s *Store) Warm(ctx context.Context) error {
 		batch := keys[max(0, end-warmBatch):end]
 		found, err := s.warmBatch(ctx, batch)
 		if err != nil {
-			return fmt.Errorf("warm cache: %w", err)
+			return n, fmt.Errorf("warm cache: %w", err)
 		}
 		n += found
 	}
-	s.log.Info().Int("count", n).Int("snapshot_keys", len(snap.Keys)).
-		Float64("duration_ms", msSince(start)).Msg("cache warmed")
-	return nil
+	return n, nil
 }
 
 // warmBatch caches the values of keys (least recently used first) and
