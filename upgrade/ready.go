@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/atomicfile"
 	"time"
 )
 
@@ -46,7 +47,7 @@ func (u *Upgrader) ready() error {
 		}
 		u.log.Info().Msg("probation passed")
 	}
-	var pidf *pendingPIDFile
+	var pidf *atomicfile.Pending
 	if u.opts.PIDFile != "" {
 		var err error
 		if pidf, err = preparePIDFile(u.opts.PIDFile, u.pid); err != nil {
@@ -58,7 +59,7 @@ func (u *Upgrader) ready() error {
 	if u.up != nil {
 		var err error
 		if alone, err = u.awaitCommit(); err != nil {
-			pidf.discard()
+			pidf.Discard()
 			return u.stoppedBeforeReady(err)
 		}
 	}
@@ -102,7 +103,7 @@ func (u *Upgrader) ready() error {
 			u.log.Warn().Err(err).Msg("report ready to tableflip")
 		}
 	}
-	if err := pidf.commit(); err != nil {
+	if err := pidf.Commit(); err != nil {
 		// Past the commit point: the service goes on, a person must look.
 		u.log.Error().Err(err).Msg("pid file not updated")
 	}

@@ -17,22 +17,36 @@ import (
 //
 // Two writers of the same path never tear it: the last rename wins.
 func WriteFile(ctx context.Context, path string, data []byte, perm fs.FileMode) error {
-	if err := write(ctx, path, data, perm); err != nil {
+	p, err := Prepare(path, data, perm)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		p.Discard()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return nil
+	return p.Commit()
 }
 
-func write(ctx context.Context, path string, data []byte, perm fs.FileMode) error {
+// Pending is a file written and synced beside its final name, not yet in
+// place: a caller that must know a write can succeed (the disk is not full
+// or read-only) before it commits to something else prepares it first,
+// and commits it after; the rename cannot run out of space.
+type Pending struct {
+	tmp, path string
+}
+
+// Prepare writes data, with mode perm, to a temporary file beside path
+// and syncs it.
+func Prepare(path string, data []byte, perm fs.FileMode) (*Pending, error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("write %s: %w", path, err)
 	}
-	defer os.Remove(f.Name()) // fails harmlessly once renamed
 	_, err = f.Write(data)
 	if err == nil {
 		// CreateTemp made it 0600; the umask does not apply to chmod.
@@ -45,21 +59,36 @@ func write(ctx context.Context, path string, data []byte, perm fs.FileMode) erro
 		err = cerr
 	}
 	if err != nil {
-		return err
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	return &Pending{tmp: f.Name(), path: path}, nil
+}
+
+// Commit renames the file into place and syncs the directory, so that the
+// rename survives a crash. A nil Pending does nothing.
+func (p *Pending) Commit() error {
+	if p == nil {
+		return nil
 	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
+	if err := os.Rename(p.tmp, p.path); err != nil {
+		os.Remove(p.tmp)
+		return fmt.Errorf("write %s: %w", p.path, err)
 	}
-	d, err := os.Open(dir)
+	d, err := os.Open(filepath.Dir(p.path))
 	if err != nil {
-		return err
+		return fmt.Errorf("write %s: %w", p.path, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory: %w", err)
+		return fmt.Errorf("write %s: sync directory: %w", p.path, err)
 	}
 	return nil
+}
+
+// Discard removes the temporary file. A nil Pending does nothing.
+func (p *Pending) Discard() {
+	if p != nil {
+		os.Remove(p.tmp)
+	}
 }
