@@ -474,8 +474,16 @@ func (u *Upgrader) onUpstream(in inbound) {
 				Float64("drain_ms", ms(time.Duration(m.Drain.Duration))).Msg("previous generation drained")
 		}
 	case msgSupervisor:
+		// The supervisor replaced its code: what it had not handled yet
+		// may be lost, so ask again.
 		lc.supervisor = m.Supervisor
 		u.publish()
+		for id := range lc.supWaiters {
+			u.up.send(message{Type: msgUpgrade, ID: id, Source: "api"})
+		}
+		if lc.stopping && lc.committed {
+			u.up.send(message{Type: msgStopping, Reason: "stopping"})
+		}
 	case msgStateRequest:
 		u.wg.Add(1)
 		go func() { // ends once the state is sent

@@ -29,7 +29,14 @@ import (
 // terminal keeps its foreground process. It stays small: no handlers, no
 // database, only sockets, children and their links. When the binary at its
 // path has changed, an upgrade also replaces the supervisor's own code, by
-// execve in place (same pid, same sockets, same children).
+// execve in place (same pid, same sockets, same children). A message a
+// generation sent in the instant of that execve may be lost; every
+// generation sends its pending ones again when the new code says hello
+// (msgSupervisor). SIGHUP and SIGINT are ignored across the execve, so one
+// arriving then is lost, not fatal; a SIGTERM in the few milliseconds
+// between the execve and the new code's signal.Notify kills the supervisor
+// (the Go runtime installs its own SIGTERM handler first), and the
+// generations then stop.
 
 // Environment of the supervisor's own processes.
 const (
@@ -387,7 +394,6 @@ func (s *supervisor) start(source string, w *waiter) {
 		pid: pid, number: s.nextGen, link: mine, state: "starting", source: source,
 		started: now, tee: startTee(r, os.Stderr), waiters: waitersOf(w),
 	}
-	s.nextGen++
 	s.gens[pid] = g
 	s.starting = g
 	if err := mine.send(message{Type: msgHello, Hello: &h}, time.Second); err != nil {
@@ -548,6 +554,9 @@ func (s *supervisor) commit(g *gen) {
 	g.timer.Stop()
 	old := s.serving
 	s.starting, s.serving = nil, g
+	// A generation is one more than the one it replaced: a failed attempt
+	// does not use up a number, as in chain mode.
+	s.nextGen = g.number + 1
 	g.state, g.servedAt = "serving", time.Now()
 	g.version = g.report.Version
 	used := map[string]bool{}
