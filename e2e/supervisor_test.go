@@ -541,6 +541,13 @@ func TestSupervisorInTerminal(t *testing.T) {
 		t.Errorf("%d requests failed across the upgrades, want 0: %v\n%s", tl.failures(), tl.examples, tl)
 	}
 	rss := rssKiB(t, sup)
+	last := s.status().PID
+	// The shell waits for its foreground job: no prompt while the service
+	// runs, upgrades included (in chain mode it came back at the first).
+	beforeCtrlC := term.mark()
+	if prompts := strings.Count(term.since(mark)[:beforeCtrlC-mark], "\n$ "); prompts != 0 {
+		t.Errorf("the shell showed its prompt %d times while the service ran", prompts)
+	}
 
 	term.write(t, "\x03")
 	term.waitFor(t, "supervisor exit", "the supervisor's exit after Ctrl-C")
@@ -549,6 +556,9 @@ func TestSupervisorInTerminal(t *testing.T) {
 	term.waitFor(t, "done-42", "the shell to run a command after Ctrl-C")
 	if err := syscall.Kill(sup, 0); err != syscall.ESRCH {
 		t.Errorf("the supervisor (pid %d) after Ctrl-C and a new prompt: kill -0 = %v, want no such process", sup, err)
+	}
+	if err := syscall.Kill(last, 0); err != syscall.ESRCH {
+		t.Errorf("the last generation (pid %d) after Ctrl-C and a new prompt: kill -0 = %v, want no such process", last, err)
 	}
 	if c, err := net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
 		c.Close()
