@@ -19,6 +19,10 @@ import (
 //     generation.
 //   - BenchmarkRestartStopStart: the baseline without handoff, SIGTERM,
 //     wait for exit, start the binary again, until its first answer.
+//   - BenchmarkRestartSupervised: the same as BenchmarkRestartHandoff in
+//     supervisor mode (server -supervise): SIGHUP to the supervisor, until
+//     the first answer from the new generation. It also reports the
+//     supervisor's RSS.
 //
 // Each reports the median and p90 in milliseconds, the requests that
 // failed while polling (refused connections and the like), and the idle
@@ -66,6 +70,30 @@ func BenchmarkRestartStopStart(b *testing.B) {
 		pid = s.waitReady(1)
 	}
 	b.StopTimer()
+	report(b, took, failed, rss)
+}
+
+func BenchmarkRestartSupervised(b *testing.B) {
+	s := start(b, startOptions{supervise: true, args: []string{"-log-level", "info"}})
+	sup := s.supervisorPID()
+	rss := rssKiB(b, s.waitReady(1))
+	c := pollClient()
+	var took []time.Duration
+	failed := 0
+	b.ResetTimer()
+	for i := range b.N {
+		gen := i + 2
+		t0 := time.Now()
+		s.signal(sup, syscall.SIGHUP)
+		failed += waitAnswer(b, c, s.url("/"), strconv.Itoa(gen))
+		took = append(took, time.Since(t0))
+		s.waitReady(gen)
+		if st := s.genExit(gen - 1); st != "exit status 0" {
+			b.Fatalf("generation %d after handing over: %s", gen-1, st)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(rssKiB(b, sup)), "supervisor-rss-KiB")
 	report(b, took, failed, rss)
 }
 

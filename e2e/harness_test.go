@@ -115,6 +115,14 @@ type startOptions struct {
 	// extraFiles are passed from fd 3 on, and LISTEN_PID is set to the
 	// server's pid, as systemd does for socket activation.
 	extraFiles []*os.File
+	// supervise runs the server with -supervise: the first process is the
+	// supervisor, and the generations are its children, which it reaps
+	// (wait for them through its "generation exited" events).
+	supervise bool
+	// prefix runs the server under another command, such as unshare. The
+	// pids in the logs are then those of another PID namespace: no
+	// generation is tracked by pid, only the prefix's process.
+	prefix []string
 }
 
 // start runs the server binary and waits until generation 1 is ready.
@@ -138,13 +146,23 @@ func start(t testing.TB, o startOptions) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.logs = newLogBook(r, s.discover)
+	discover := s.discover
+	if len(o.prefix) > 0 {
+		discover = func(int) {}
+	}
+	s.logs = newLogBook(r, discover)
 	args := []string{"-log-format", "json", "-log-level", "info"}
+	if o.supervise {
+		args = append(args, "-supervise")
+	}
 	if !o.addrInConfig {
 		args = append(args, "-addr", o.addr)
 	}
 	args = append(args, o.args...)
 	cmd := exec.Command("./server", args...)
+	if len(o.prefix) > 0 {
+		cmd = exec.Command(o.prefix[0], append(append(o.prefix[1:len(o.prefix):len(o.prefix)], "./server"), args...)...)
+	}
 	if len(o.extraFiles) > 0 {
 		// The shell's pid becomes the server's with exec: LISTEN_PID must
 		// name the process that receives the sockets.

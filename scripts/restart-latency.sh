@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures how long a restart takes, side by side on the same build:
-# a handoff (SIGHUP, until the first answer from the new generation) and the
-# baseline without one (SIGTERM, start again, until the first answer). It
+# a handoff (SIGHUP, until the first answer from the new generation), the
+# same in supervisor mode (server -supervise), and the baseline without one
+# (SIGTERM, start again, until the first answer). It
 # prints the median and p90 of each over N restarts, the polls that failed
 # meanwhile (refused connections), the idle RSS, and the ratio.
 # Every request goes to 127.0.0.1; every process is started and stopped by
@@ -17,7 +18,7 @@ echo "$out" | grep -E '^Benchmark' >&2
 
 echo "$out" | awk -v n="$n" '
 /^BenchmarkRestart/ {
-	name = ($1 ~ /Handoff/) ? "handoff (SIGHUP)" : "stop + start (baseline)"
+	name = ($1 ~ /Supervised/) ? "supervised (SIGHUP)" : ($1 ~ /Handoff/) ? "handoff (SIGHUP)" : "stop + start (baseline)"
 	for (i = 3; i < NF; i += 2) v[name, $(i+1)] = $i
 	names[++k] = name
 }
@@ -30,4 +31,6 @@ END {
 	}
 	h = v["handoff (SIGHUP)", "median-ms"]; s = v["stop + start (baseline)", "median-ms"]
 	if (h > 0) printf "median ratio handoff/baseline: %.2f\n", h / s
+	p = v["supervised (SIGHUP)", "median-ms"]
+	if (p > 0 && h > 0) printf "median ratio supervised/handoff: %.2f (supervisor RSS %d KiB)\n", p / h, v["supervised (SIGHUP)", "supervisor-rss-KiB"]
 }'
