@@ -158,9 +158,12 @@ func (c *CloseCounts) add(o CloseCounts) {
 // milliseconds, which reads well and sorts in tools such as jq.
 type Duration time.Duration
 
+// Milliseconds is d in milliseconds, with a fraction.
+func (d Duration) Milliseconds() float64 { return ms(time.Duration(d)) }
+
 // MarshalJSON encodes d as milliseconds.
 func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(float64(d) / float64(time.Millisecond))
+	return json.Marshal(d.Milliseconds())
 }
 
 // UnmarshalJSON decodes milliseconds.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handoff-go/handoff/upgrade"
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 	"github.com/rs/zerolog"
@@ -86,12 +87,12 @@ func badFlag(name, format string, a ...any) error {
 func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "`address` of the public HTTP listener")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "`path` of a PID file naming the serving generation (none if empty)")
-	durationFlag(fs, &c.DrainTimeout, "drain-timeout", 30*time.Second, "how long a drain may take before what is left is force-closed")
-	durationFlag(fs, &c.UpgradeTimeout, "upgrade-timeout", 60*time.Second, "how long a new generation may take to become ready before it is killed")
+	durationFlag(fs, &c.DrainTimeout, "drain-timeout", upgrade.DefaultDrainTimeout, "how long a drain may take before what is left is force-closed")
+	durationFlag(fs, &c.UpgradeTimeout, "upgrade-timeout", upgrade.DefaultUpgradeTimeout, "how long a new generation may take to become ready before it is killed")
 	durationFlag(fs, &c.ShutdownDelay, "shutdown-delay", 0, "on stop, keep serving this long with /readyz failing before the drain")
-	durationFlag(fs, &c.IdleGrace, "idle-grace", time.Second, "during a drain, leave a keep-alive connection that went idle less than this ago")
-	durationFlag(fs, &c.CloseSpread, "close-spread", time.Second, "spread the closing of idle connections over this window")
-	durationFlag(fs, &c.CleanupTimeout, "cleanup-timeout", 10*time.Second, "time bound of each cleanup step")
+	durationFlag(fs, &c.IdleGrace, "idle-grace", upgrade.DefaultIdleGrace, "during a drain, leave a keep-alive connection that went idle less than this ago")
+	durationFlag(fs, &c.CloseSpread, "close-spread", upgrade.DefaultCloseSpread, "spread the closing of idle connections over this window")
+	durationFlag(fs, &c.CleanupTimeout, "cleanup-timeout", upgrade.DefaultCleanupTimeout, "time bound of each cleanup step")
 	durationFlag(fs, &c.Probation, "probation", 0, "a new generation serves beside the old one this long before it reports ready (0: off)")
 	fs.StringVar(&c.LogFormat, "log-format", "auto", "log format: json, console, or auto (console when stderr is a terminal)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")

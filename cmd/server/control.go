@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/handoff-go/handoff/handlers"
 	"github.com/handoff-go/handoff/internal/datadir"
@@ -135,7 +134,7 @@ type upgradeResult struct {
 func (c controller) Upgrade(ctx context.Context) (any, error) {
 	res, err := c.upg.Upgrade(ctx)
 	if err == nil {
-		return upgradeResult{res.PID, res.Version, res.Generation, float64(res.Duration) / float64(time.Millisecond)}, nil
+		return upgradeResult{res.PID, res.Version, res.Generation, upgrade.Duration(res.Duration).Milliseconds()}, nil
 	}
 	var ue *upgrade.UpgradeError
 	switch {

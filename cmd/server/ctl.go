@@ -204,11 +204,11 @@ func printSummary(w io.Writer, verb string, body []byte) error {
 				outcome = "failed: " + u.Error
 			}
 			fmt.Fprintf(w, "last upgrade (%s, %s): %s in %.0f ms\n", u.Source, u.StartedAt.Local().Format(time.DateTime), outcome,
-				float64(u.Duration)/float64(time.Millisecond))
+				u.Duration.Milliseconds())
 		}
 		if d := s.LastDrain; d != nil {
 			fmt.Fprintf(w, "last drain (generation %d, %s): %d connections in %.0f ms, %d force-closed\n",
-				d.Gen, d.Reason, d.ConnectionsAtStart, float64(d.Duration)/float64(time.Millisecond), d.Closed.Forced)
+				d.Gen, d.Reason, d.ConnectionsAtStart, d.Duration.Milliseconds(), d.Closed.Forced)
 		}
 		if s.Cache != nil {
 			fmt.Fprintf(w, "cache: %d entries, hit ratio %.2f\n", s.Cache.Entries, s.Cache.HitRatio)
