@@ -1,8 +1,10 @@
 package upgrade
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,5 +129,18 @@ func TestTableflipErrorText(t *testing.T) {
 	}
 	if tableflipParentAlive != "parent hasn't exited" {
 		t.Errorf("tableflipParentAlive = %q, want v1.2.3's text", tableflipParentAlive)
+	}
+}
+
+func TestSlogLogger(t *testing.T) {
+	var b strings.Builder
+	l := SlogLogger(slog.New(slog.NewJSONHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	l.Warn().Int("pid", 7).Str("component", "upgrade").Msg("upgrade failed")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &got); err != nil {
+		t.Fatalf("slog output %q: %v", b.String(), err)
+	}
+	if got["level"] != "WARN" || got["msg"] != "upgrade failed" || got["pid"] != float64(7) || got["component"] != "upgrade" {
+		t.Errorf("slog record = %v, want level WARN, msg, pid 7 and component", got)
 	}
 }
