@@ -409,10 +409,12 @@ func (u *Upgrader) beginFinish(handoff bool, reason string, deadline time.Time) 
 		w <- upgradeOutcome{err: ErrStopping}
 	}
 	lc.waiters = nil
-	for id, w := range lc.supWaiters {
-		w <- upgradeOutcome{err: ErrStopping}
-		delete(lc.supWaiters, id)
+	if !handoff {
+		u.failSupWaiters()
 	}
+	// After a handoff, an upgrade request this generation passed to the
+	// supervisor (the one that replaced it, most likely) is answered while
+	// it drains: its caller's request is one the drain waits for.
 	if handoff {
 		u.handedOff.Store(true)
 		u.setState(StateDraining)
@@ -427,6 +429,15 @@ func (u *Upgrader) beginFinish(handoff bool, reason string, deadline time.Time) 
 	go u.finish(handoff, reason, deadline, attemptDone, lc.committed) // closes u.finished when done
 }
 
+// failSupWaiters answers the upgrade requests still waiting for the
+// supervisor: this generation can no longer tell their outcome.
+func (u *Upgrader) failSupWaiters() {
+	for id, w := range u.lc.supWaiters {
+		w <- upgradeOutcome{err: ErrStopping}
+		delete(u.lc.supWaiters, id)
+	}
+}
+
 // onUpstream handles a message of the process that started this
 // generation, once this generation has taken over.
 func (u *Upgrader) onUpstream(in inbound) {
@@ -434,6 +445,7 @@ func (u *Upgrader) onUpstream(in inbound) {
 	lc := &u.lc
 	if in.err != nil {
 		lc.upIn = nil
+		u.failSupWaiters()
 		if u.mode == modeSupervised && !lc.finishing {
 			u.log.Error().Err(in.err).Msg("the supervisor is gone: stopping")
 			u.stop("supervisor gone", time.Time{})
@@ -555,6 +567,7 @@ func (u *Upgrader) finish(handoff bool, reason string, deadline time.Time, attem
 		u.up.send(message{Type: msgDrained, Drain: &rec})
 	}
 
+	u.do(u.failSupWaiters)
 	u.runCleanups()
 	if !handoff && committed && u.opts.PIDFile != "" {
 		removePIDFile(u.opts.PIDFile, u.pid)

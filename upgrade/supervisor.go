@@ -583,27 +583,50 @@ func (s *supervisor) commit(g *gen) {
 			NewPID: g.pid, NewVersion: g.version, NewGeneration: g.number,
 		}
 	}
-	for _, w := range g.waiters {
-		s.reply(&w, res, nil)
-	}
-	g.waiters = nil
 	s.log.Info().Str("source", g.source).Int("new_pid", g.pid).Str("new_version", g.version).
 		Int("new_generation", g.number).Float64("time_to_ready_ms", ms(d)).Msg("child ready")
+	status := fmt.Sprintf("STATUS=serving, generation %d, pid %d", g.number, g.pid)
 	if old != nil {
 		old.state = "draining"
 		if err := old.link.send(message{Type: msgDrain}, time.Second); err != nil {
 			syscall.Kill(old.pid, syscall.SIGTERM)
 		}
-		s.notify.send("READY=1", fmt.Sprintf("STATUS=serving, generation %d, pid %d (upgraded)", g.number, g.pid))
-	} else {
-		s.notify.send("READY=1", fmt.Sprintf("STATUS=serving, generation %d, pid %d", g.number, g.pid))
+		status += " (upgraded)"
 	}
+	var replies []pendingReply
+	for _, w := range g.waiters {
+		replies = append(replies, pendingReply{PID: w.g.pid, ID: w.id, Result: res})
+	}
+	g.waiters = nil
 	if s.again {
+		s.finishCommit(replies, status)
 		s.again = false
 		s.request("queued", nil)
 		return
 	}
-	s.maybeReexec(g)
+	// When the binary changed, the supervisor replaces its own code before
+	// it answers: whoever asked (systemctl reload, a deploy script) hears
+	// "upgraded" only once the whole service runs the new binary, and a
+	// stop that follows at once does not meet the execve.
+	s.maybeReexec(g, replies, status)
+	s.finishCommit(replies, status)
+}
+
+// pendingReply is an answer to an upgrade request, kept across an execve.
+type pendingReply struct {
+	PID    int    `json:"pid"`
+	ID     uint64 `json:"id"`
+	Result Result `json:"result"`
+}
+
+// finishCommit answers whoever asked for the upgrade, and systemd.
+func (s *supervisor) finishCommit(replies []pendingReply, status string) {
+	for _, r := range replies {
+		if g := s.gens[r.PID]; g != nil {
+			s.reply(&waiter{g: g, id: r.ID}, r.Result, nil)
+		}
+	}
+	s.notify.send("READY=1", status)
 }
 
 // failed reports an upgrade that did not take over.
@@ -759,6 +782,10 @@ type supervisorState struct {
 	LastDrain   *DrainRecord   `json:"last_drain,omitempty"`
 	Sockets     []heldState    `json:"sockets"`
 	Gens        []genState     `json:"gens"`
+	// Replies and Status are the answers of the upgrade that led to the
+	// execve, which the new code gives.
+	Replies []pendingReply `json:"replies,omitempty"`
+	Status  string         `json:"status,omitempty"`
 }
 
 type heldState struct {
@@ -780,7 +807,7 @@ type genState struct {
 // in place, when that binary changed: g, from the same binary, just took
 // over, which shows it starts. Nothing runs concurrently here, and no
 // generation is starting.
-func (s *supervisor) maybeReexec(g *gen) {
+func (s *supervisor) maybeReexec(g *gen, replies []pendingReply, status string) {
 	exe, err := checkBinary()
 	if err != nil || !binaryChanged(exe) {
 		return
@@ -793,6 +820,7 @@ func (s *supervisor) maybeReexec(g *gen) {
 	st := supervisorState{
 		Version: s.opts.Version, StartedAt: s.started, Execs: s.execs + 1, NextGen: s.nextGen,
 		Upgrades: s.upgrades, LastUpgrade: s.lastUpgrade, LastDrain: s.lastDrain,
+		Replies: replies, Status: status,
 	}
 	var keep []int
 	for _, hs := range s.socks {
@@ -917,10 +945,15 @@ func (s *supervisor) restore(fdText string) error {
 			s.serving = g
 		}
 		s.forward(g)
-		l.send(message{Type: msgSupervisor, Supervisor: s.info()}, time.Second)
 	}
 	s.log.Info().Str("old_version", st.Version).Str("version", s.opts.Version).Int("execs", s.execs).
 		Msg("supervisor replaced its own binary")
+	// The answers first: a generation repeats, on hearing the new code's
+	// hello, any request still unanswered.
+	s.finishCommit(st.Replies, st.Status)
+	for _, g := range s.gens {
+		g.link.send(message{Type: msgSupervisor, Supervisor: s.info()}, time.Second)
+	}
 	return nil
 }
 
