@@ -333,9 +333,6 @@ func (c *Container) teardown() {
 	if err := removeCgroups(c.roots, c.cgroup); err != nil {
 		c.t.Errorf("container %s: %v", c.Name, err)
 	}
-	if c.t.Failed() {
-		c.t.Logf("container %s console:\n%s", c.Name, tailString(c.Console(), 60))
-	}
 }
 
 func tailString(s string, n int) string {
