@@ -105,15 +105,19 @@ func TestSystemdUnit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ExecStart flags %q: %v", start[1:], err)
 	}
-	reload := configArgs("ExecReload")
-	if len(reload) < 3 || reload[0] != start[0] || reload[1] != "ctl" || reload[2] != "upgrade" {
-		t.Fatalf("handoff.service ExecReload=%q, want %s ctl upgrade with the same -config: it waits for the outcome", unit["ExecReload"], start[0])
+	// ExecReload runs ctl from the supervisor's executable: the binary at
+	// ExecStart's path is the new one, which may not run at all.
+	const reloadPrefix, reloadSuffix = "/bin/sh -c 'exec /proc/$MAINPID/exe ctl upgrade ", "'"
+	if !strings.HasPrefix(unit["ExecReload"], reloadPrefix) || !strings.HasSuffix(unit["ExecReload"], reloadSuffix) {
+		t.Fatalf("handoff.service ExecReload=%q, want %s...%s: ctl upgrade waits for the outcome", unit["ExecReload"], reloadPrefix, reloadSuffix)
 	}
+	unit["ExecReload"] = "ctl " + strings.TrimSuffix(strings.TrimPrefix(unit["ExecReload"], reloadPrefix), reloadSuffix)
+	reload := configArgs("ExecReload")
 	if !slices.Contains(reload, exampleConfig) {
 		t.Errorf("handoff.service ExecReload=%q: want the same -config as ExecStart, to find the control socket", unit["ExecReload"])
 	}
-	if _, err := parseConfig(reload[3:], env(nil), io.Discard); err != nil {
-		t.Errorf("ExecReload flags %q: %v", reload[3:], err)
+	if _, err := parseConfig(reload[1:], env(nil), io.Discard); err != nil {
+		t.Errorf("ExecReload ctl upgrade flags %q: %v", reload[1:], err)
 	}
 	stop, err := time.ParseDuration(unit["TimeoutStopSec"])
 	if err != nil {
