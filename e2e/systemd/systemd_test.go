@@ -103,13 +103,16 @@ func events(journal string) []map[string]any {
 // waitRequestRead waits until the server has accepted a connection on
 // port 8080 and read the request on it: in /proc/net/tcp a connection
 // still in the accept queue has no inode, and a request not yet read
-// leaves bytes in the receive queue.
+// leaves bytes in the receive queue. The same connection must look so on
+// two reads of the table in a row, the first of which could come between
+// the accept and the request's arrival.
 func (h *host) waitRequestRead() {
 	h.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	var table string
+	var table, seen string
 	for time.Now().Before(deadline) {
 		table = h.c.Run("cat", "/proc/net/tcp")
+		read := ""
 		for _, line := range strings.Split(table, "\n")[1:] {
 			f := strings.Fields(line)
 			// sl local remote st tx:rx tr:when retrnsmt uid timeout inode
@@ -117,9 +120,13 @@ func (h *host) waitRequestRead() {
 				continue
 			}
 			if _, rx, _ := strings.Cut(f[4], ":"); strings.Trim(rx, "0") == "" && f[9] != "0" {
-				return
+				read = f[9]
 			}
 		}
+		if read != "" && read == seen {
+			return
+		}
+		seen = read
 		time.Sleep(20 * time.Millisecond)
 	}
 	h.t.Fatalf("no request read by the server on 127.0.0.1:8080 within 30 s; /proc/net/tcp:\n%s", table)

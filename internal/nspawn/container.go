@@ -259,7 +259,9 @@ func (c *Container) Run(argv ...string) string {
 }
 
 // Path is the host's path of path inside the container, through the
-// container init's root: files written there appear inside at once.
+// container init's root: files written there appear inside at once. An
+// absolute symbolic link on the way would resolve on the host, so path
+// should not go through one (Debian's /bin, /lib and /sbin are relative).
 func (c *Container) Path(path string) string {
 	return filepath.Join(fmt.Sprintf("/proc/%d/root", c.PID1), path)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,22 +156,24 @@ func ensure(dir, want string, build func(tmp string) error) (built bool, err err
 }
 
 // debootstrap installs suite's minbase with Packages into dir, logging to
-// logFile. It runs in a mount namespace of its own, so that the /proc and
-// /sys it mounts in dir go away with it even if it is killed.
+// logFile. It runs in mount and pid namespaces of its own: the /proc and
+// /sys it mounts in dir go away with it, and if it is stopped (ctx) or
+// this process dies, every process of the build dies with unshare.
 func debootstrap(ctx context.Context, suite, dir, logFile, mirror string) error {
 	log, err := os.Create(logFile)
 	if err != nil {
 		return err
 	}
 	defer log.Close()
-	args := []string{"-m", "--propagation", "private", "debootstrap",
-		"--variant=minbase", "--include=" + Packages, suite, dir}
+	args := []string{"--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc",
+		"debootstrap", "--variant=minbase", "--include=" + Packages, suite, dir}
 	if mirror != "" {
 		args = append(args, mirror)
 	}
 	cmd := exec.CommandContext(ctx, "unshare", args...)
 	cmd.Stdout = log
 	cmd.Stderr = log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("debootstrap %s: %w; the end of its log (%s):\n%s", suite, err, logFile, tail(logFile, 15))
