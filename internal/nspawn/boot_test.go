@@ -60,11 +60,14 @@ func TestBoot(t *testing.T) {
 			if strings.Contains(string(mounts), c.Name) || strings.Contains(string(mounts), rootfs) {
 				t.Errorf("after teardown, a mount of the container is left:\n%s", mounts)
 			}
+			// The container's cgroup is named after it (the other suite's
+			// container may still be running).
+			cgroup := "handoff-nspawn-" + strings.TrimPrefix(c.Name, "handoff-")
 			for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"} {
-				left, _ := filepath.Glob(filepath.Join(root, fmt.Sprintf("handoff-nspawn-%d-*", os.Getpid())))
-				left2, _ := filepath.Glob(filepath.Join(root, "payload"))
-				if len(left)+len(left2) > 0 {
-					t.Errorf("after teardown, cgroups are left: %v %v", left, left2)
+				for _, d := range []string{cgroup, "payload", "supervisor"} {
+					if _, err := os.Stat(filepath.Join(root, d)); err == nil {
+						t.Errorf("after teardown, cgroup %s is left", filepath.Join(root, d))
+					}
 				}
 			}
 		})

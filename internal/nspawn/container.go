@@ -67,6 +67,7 @@ func Boot(t testing.TB, rootfs string) *Container {
 	}
 	sweepCgroups(roots)
 	n := seq.Add(1)
+	// The machine is handoff-PID-N, its cgroup handoff-nspawn-PID-N.
 	c := &Container{
 		t:      t,
 		Name:   fmt.Sprintf("handoff-%d-%d", os.Getpid(), n),
