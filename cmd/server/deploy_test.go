@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -54,6 +55,11 @@ func TestKubernetesDeploymentFlags(t *testing.T) {
 	}
 }
 
+// TestSystemdUnit checks handoff.service against the server: supervisor
+// mode, a reload that runs ctl upgrade with the same config (so that a
+// failed upgrade fails systemctl reload), and timeouts that cover a
+// graceful stop and the longest upgrade, with the example config file.
+// e2e/systemd runs the unit under a real systemd.
 func TestSystemdUnit(t *testing.T) {
 	b, err := os.ReadFile("../../deploy/systemd/handoff.service")
 	if err != nil {
@@ -65,24 +71,53 @@ func TestSystemdUnit(t *testing.T) {
 			unit[k] = v
 		}
 	}
-	for k, want := range map[string]string{"Type": "notify-reload", "NotifyAccess": "main", "KillMode": "control-group"} {
+	for k, want := range map[string]string{"Type": "notify", "NotifyAccess": "main", "KillMode": "mixed"} {
 		if unit[k] != want {
 			t.Errorf("handoff.service %s=%q, want %q", k, unit[k], want)
 		}
 	}
 	if _, ok := unit["PIDFile"]; ok {
-		t.Error("handoff.service sets PIDFile=; MAINPID= keeps systemd's view right without one")
+		t.Error("handoff.service sets PIDFile=; the supervisor is the main process for the life of the service")
 	}
-	args := strings.Fields(unit["ExecStart"])[1:]
-	cfg, err := parseConfig(args, env(nil), io.Discard)
-	if err != nil && !strings.Contains(err.Error(), "config file") {
-		t.Fatalf("ExecStart flags %q: %v", args, err)
-	}
-	if cfg == nil { // the config file is not on this machine: check the rest
-		cfg, err = parseConfig(args[2:], env(nil), io.Discard)
-		if err != nil {
-			t.Fatalf("ExecStart flags %q: %v", args[2:], err)
+	const exampleConfig = "../../deploy/systemd/handoff.toml"
+	// configArgs replaces the installed config file's path with the
+	// example's, which the README installs there.
+	configArgs := func(key string) []string {
+		args := strings.Fields(unit[key])
+		if len(args) < 2 {
+			t.Fatalf("handoff.service %s=%q: want a command with flags", key, unit[key])
 		}
+		for i := range args[:len(args)-1] {
+			if args[i] == "-config" {
+				if args[i+1] != "/etc/handoff/handoff.toml" {
+					t.Errorf("handoff.service %s: -config %s, want /etc/handoff/handoff.toml (the README installs it there)", key, args[i+1])
+				}
+				args[i+1] = exampleConfig
+			}
+		}
+		return args
+	}
+	start := configArgs("ExecStart")
+	if !slices.Contains(start, "-supervise") {
+		t.Errorf("handoff.service ExecStart=%q: want -supervise, so that the main pid never changes", unit["ExecStart"])
+	}
+	cfg, err := parseConfig(start[1:], env(nil), io.Discard)
+	if err != nil {
+		t.Fatalf("ExecStart flags %q: %v", start[1:], err)
+	}
+	// ExecReload runs ctl from the supervisor's executable: the binary at
+	// ExecStart's path is the new one, which may not run at all.
+	const reloadPrefix, reloadSuffix = "/bin/sh -c 'exec /proc/$MAINPID/exe ctl upgrade ", "'"
+	if !strings.HasPrefix(unit["ExecReload"], reloadPrefix) || !strings.HasSuffix(unit["ExecReload"], reloadSuffix) {
+		t.Fatalf("handoff.service ExecReload=%q, want %s...%s: ctl upgrade waits for the outcome", unit["ExecReload"], reloadPrefix, reloadSuffix)
+	}
+	unit["ExecReload"] = "ctl " + strings.TrimSuffix(strings.TrimPrefix(unit["ExecReload"], reloadPrefix), reloadSuffix)
+	reload := configArgs("ExecReload")
+	if !slices.Contains(reload, exampleConfig) {
+		t.Errorf("handoff.service ExecReload=%q: want the same -config as ExecStart, to find the control socket", unit["ExecReload"])
+	}
+	if _, err := parseConfig(reload[1:], env(nil), io.Discard); err != nil {
+		t.Errorf("ExecReload ctl upgrade flags %q: %v", reload[1:], err)
 	}
 	stop, err := time.ParseDuration(unit["TimeoutStopSec"])
 	if err != nil {
@@ -91,8 +126,10 @@ func TestSystemdUnit(t *testing.T) {
 	if budget := stopBudget(cfg); stop <= budget {
 		t.Errorf("TimeoutStopSec=%v does not cover delay+drain+cleanup = %v", stop, budget)
 	}
-	start, err := time.ParseDuration(unit["TimeoutStartSec"])
-	if err != nil || start <= cfg.UpgradeTimeout+cfg.Probation {
-		t.Errorf("TimeoutStartSec=%s must exceed -upgrade-timeout plus -probation (%v): a reload waits that long", unit["TimeoutStartSec"], cfg.UpgradeTimeout+cfg.Probation)
+	// TimeoutStartSec also bounds ExecReload=, that is ctl upgrade, which
+	// waits up to -upgrade-timeout plus -probation plus 30s.
+	startTimeout, err := time.ParseDuration(unit["TimeoutStartSec"])
+	if wait := cfg.UpgradeTimeout + cfg.Probation + 30*time.Second; err != nil || startTimeout <= wait {
+		t.Errorf("TimeoutStartSec=%s must exceed ctl upgrade's wait, -upgrade-timeout plus -probation plus 30s (%v): it bounds systemctl reload", unit["TimeoutStartSec"], wait)
 	}
 }
