@@ -54,7 +54,10 @@ func Check(ctx context.Context, c Config) (rep *Report, err error) {
 	}
 	k := &kit{s: s, t0: time.Now(), firstExit: make(chan struct{})}
 	k.rec = newRecorder(k.t0, s.GenHeader != "")
-	rep = &Report{URL: s.target.String(), Modes: s.Modes, Started: k.t0}
+	rep = &Report{Title: s.Shell, URL: s.target.String(), Modes: s.Modes, Started: k.t0}
+	if len(s.Command) > 0 {
+		rep.Title = strings.Join(s.Command, " ")
+	}
 	rep.GenerationsBy = "processes holding the listening socket"
 	if s.GenHeader != "" {
 		rep.GenerationsBy = "header " + s.GenHeader

@@ -85,9 +85,12 @@ func classify(err error) Outcome {
 	var hostErr x509.HostnameError
 	msg := err.Error()
 	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
+	// Some layers (net/http's body writer) lose the error chain: the
+	// messages are the fallback.
+	case errors.Is(err, syscall.ECONNREFUSED), strings.Contains(msg, "connection refused"):
 		return Refused
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED),
+		strings.Contains(msg, "connection reset"), strings.Contains(msg, "broken pipe"):
 		return Reset
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():

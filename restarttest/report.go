@@ -122,6 +122,8 @@ func (c *Counts) MarshalJSON() ([]byte, error) {
 
 // Report is what a check found.
 type Report struct {
+	// Title heads the plot; Check sets it to the server command.
+	Title   string
 	URL     string
 	Modes   []Mode
 	Started time.Time
