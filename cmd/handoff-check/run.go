@@ -135,6 +135,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			fs.Usage()
 			return nil, errHelp
 		}
+		if strings.Contains(err.Error(), "parse error") {
+			return nil, usagef("%v: durations look like 500ms, 1s or 2m, counts like 30 (see -h)", err)
+		}
 		return nil, usagef("%v (see -h)", err)
 	}
 	if fs.NArg() > 0 {
@@ -181,6 +184,13 @@ func (o *options) validate() error {
 		if m.on {
 			c.Modes = append(c.Modes, m.mode)
 		}
+	}
+	https := strings.HasPrefix(c.URL, "https:")
+	switch {
+	case o.h2 && !https:
+		return usagef("-h2 is HTTP/2 over TLS: it needs an https -url (use -h2c for cleartext)")
+	case o.h2c && https:
+		return usagef("-h2c is HTTP/2 over cleartext: it needs an http -url (use -h2 for TLS)")
 	}
 	if len(c.Modes) == 0 {
 		return usagef("-h1=false and no other client mode: add one of -newconn, -h2c, -h2, -grpc")
