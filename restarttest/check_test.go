@@ -332,4 +332,3 @@ func TestCheckClassifiesResets(t *testing.T) {
 		t.Errorf("Check against a server that resets: %v, want an error naming reset", err)
 	}
 }
-

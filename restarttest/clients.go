@@ -179,14 +179,14 @@ func (t *h1) round(k kind, body []byte) answer {
 	req.Close = t.newConn
 	t.c.SetDeadline(deadline)
 	a := t.exchange(req)
-	if a.err != nil || t.newConn || a.status == 0 {
+	if a.err != nil || t.newConn {
 		t.close()
 	}
 	return a
 }
 
-// exchange writes req and reads the whole answer; it sets t.c to nil-able
-// state through the close flag of the response.
+// exchange writes req and reads the whole answer; it closes the
+// connection when the answer says Connection: close.
 func (t *h1) exchange(req *http.Request) answer {
 	if err := req.Write(t.c); err != nil {
 		return answer{err: fmt.Errorf("write: %w", err)}

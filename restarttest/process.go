@@ -3,7 +3,6 @@ package restarttest
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -346,6 +345,3 @@ func holdsAny(pid int, inodes map[uint64]bool) bool {
 	}
 	return false
 }
-
-// errNoProcess says the server has no process left.
-var errNoProcess = errors.New("no server process is running")
