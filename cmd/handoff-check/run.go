@@ -83,6 +83,7 @@ type options struct {
 	plotFile      string
 	serverOutput  string
 	quiet         bool
+	title         string
 	h1, newconn   bool
 	h2c, h2, grpc bool
 	env           envList
@@ -123,6 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.jsonFile, "json", "", "write the report with every request's timeline to `file`")
 	fs.StringVar(&o.plotFile, "plot", "", "draw the timeline as SVG to `file`")
 	fs.StringVar(&o.serverOutput, "server-output", "", "`file` for the output of the server and restart commands (default: stderr)")
+	fs.StringVar(&o.title, "title", "", "`title` of the plot (default: the server command)")
 	fs.BoolVar(&o.quiet, "q", false, "print no progress lines")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageText)
@@ -269,6 +271,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rep, err := restarttest.Check(ctx, c)
 	if rep == nil { // a bad config, which validate should have caught
 		return err
+	}
+	if o.title != "" {
+		rep.Title = o.title
 	}
 	var werr error
 	if o.jsonFile != "" {
