@@ -121,8 +121,9 @@ type Config struct {
 	// Clients is how many clients send requests at once, each in a loop
 	// with no pause. Zero means DefaultClients.
 	Clients int
-	// Modes are the client kinds; clients are assigned to them in turn.
-	// Empty means KeepAlive alone.
+	// Modes are the client kinds; clients are assigned to them in turn,
+	// so a mode listed twice gets twice the clients. Empty means KeepAlive
+	// alone.
 	Modes []Mode
 	// H2Streams is how many HTTP/2 clients share one connection. Zero
 	// means DefaultH2Streams.
@@ -263,7 +264,6 @@ func validate(c Config) (*settings, error) {
 	if len(s.Modes) == 0 {
 		s.Modes = []Mode{KeepAlive}
 	}
-	seen := map[Mode]bool{}
 	for _, m := range s.Modes {
 		switch m {
 		case KeepAlive, NewConn, GRPC:
@@ -278,10 +278,6 @@ func validate(c Config) (*settings, error) {
 		default:
 			return nil, configErr("Modes", "unknown mode %q: want one of h1, h1-newconn, h2c, h2, grpc", m)
 		}
-		if seen[m] {
-			return nil, configErr("Modes", "%s is listed twice", m)
-		}
-		seen[m] = true
 	}
 	if c.PostPath != "" {
 		if s.postURL, err = sameOrigin(u, c.PostPath); err != nil {

@@ -33,8 +33,6 @@ type procTable struct {
 	procs  map[int]*proc // by pid; a pid reused later replaces its entry
 	order  []*proc       // every process ever tracked, in order of discovery
 	owned  map[int]bool  // pids an exec.Cmd waits for: never reaped here
-	scans  int
-	onGen  func(p *proc) // called once per process, when first seen listening
 	stopCh chan struct{}
 	done   chan struct{}
 }
@@ -109,7 +107,6 @@ func (pt *procTable) scan() {
 
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
-	pt.scans++
 	// Mark the living; a pid whose start time changed is a new process.
 	for pid, p := range pt.procs {
 		st, ok := stats[pid]
@@ -153,9 +150,6 @@ func (pt *procTable) scan() {
 		p.Listening = holdsAny(p.PID, listen)
 		if p.Listening && p.Listened < 0 {
 			p.Listened = now
-			if pt.onGen != nil {
-				pt.onGen(p)
-			}
 		}
 	}
 }
