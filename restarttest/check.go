@@ -376,6 +376,7 @@ func (k *kit) restart(ctx context.Context, i int) RestartEvent {
 			info.NewestPID = info.PIDs[n-1]
 		}
 	}
+	gens := k.rec.generations()
 	ev := RestartEvent{Index: i, Start: time.Since(k.t0)}
 	var err error
 	if k.s.RestartShell != "" {
@@ -383,11 +384,42 @@ func (k *kit) restart(ctx context.Context, i int) RestartEvent {
 	} else {
 		err = k.s.Restart(ctx, info)
 	}
+	if err == nil && k.s.WaitGeneration {
+		err = k.waitGeneration(ctx, gens, info.NewestPID, k.t0.Add(ev.Start+k.s.RestartTimeout))
+	}
 	ev.End = time.Since(k.t0)
 	if err != nil {
 		ev.Err = err.Error()
 	}
 	return ev
+}
+
+// waitGeneration waits until the handoff is over: a generation not
+// among the first seen has answered (when counted by the header), and the
+// process old has exited (when the kit tracks the server's processes).
+func (k *kit) waitGeneration(ctx context.Context, seen, old int, deadline time.Time) error {
+	for {
+		answered := k.s.GenHeader == "" || k.rec.generations() > seen
+		exited := k.procs == nil || old == 0
+		if !exited {
+			k.procs.scan()
+			exited = !k.procs.isAlive(old)
+		}
+		if answered && exited {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if !answered {
+				return fmt.Errorf("no new generation answered within %v (RestartTimeout)", k.s.RestartTimeout)
+			}
+			return fmt.Errorf("old generation (pid %d) still running %v after the restart began (RestartTimeout)", old, k.s.RestartTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // restartShell runs the restart command in a process group of its own,

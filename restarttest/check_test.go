@@ -83,8 +83,11 @@ func helperConfig(t *testing.T, kind string) restarttest.Config {
 		URL:      "http://" + addr + "/",
 		Restarts: 3,
 		Interval: 400 * time.Millisecond,
-		Clients:  12,
-		Logf:     t.Logf,
+		// A SIGHUP that reached a new generation before it set up its
+		// handler would kill it: wait for each handoff.
+		WaitGeneration: true,
+		Clients:        12,
+		Logf:           t.Logf,
 	}
 }
 

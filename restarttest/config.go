@@ -106,6 +106,14 @@ type Config struct {
 	// the goroutine that called Check or Run, so a test may call t.Fatal
 	// in it. An error is a failed restart.
 	Restart func(ctx context.Context, r RestartInfo) error
+	// WaitGeneration makes each restart last until the handoff is over: a
+	// generation not seen before has answered (when GenHeader counts
+	// them), and the process that was RestartInfo.NewestPID has exited
+	// (when the kit started the server); within RestartTimeout, else the
+	// restart failed. It keeps a restart that only sends a signal from
+	// overlapping the previous handoff, and its signal from reaching a new
+	// process before that can handle it.
+	WaitGeneration bool
 	// Restarts is how many restarts to do.
 	Restarts int
 	// Interval is the time from the start of one restart to the start of
@@ -154,8 +162,8 @@ type Config struct {
 	// ReadyTimeout bounds the wait for the first answer. Zero means
 	// DefaultReadyTimeout.
 	ReadyTimeout time.Duration
-	// RestartTimeout bounds each RestartShell; the command is killed after
-	// it. Zero means DefaultRestartTimeout.
+	// RestartTimeout bounds each RestartShell (the command is killed after
+	// it) and the wait of WaitGeneration. Zero means DefaultRestartTimeout.
 	RestartTimeout time.Duration
 	// StopTimeout is how long the server's processes have to exit after
 	// SIGTERM at the end before SIGKILL. Zero means DefaultStopTimeout.

@@ -154,17 +154,26 @@ func (pt *procTable) scan() {
 	}
 }
 
-// alive returns the tracked processes alive at the last scan, oldest first.
-func (pt *procTable) alive() []*proc {
+// alive returns copies of the tracked processes alive at the last scan,
+// oldest first.
+func (pt *procTable) alive() []proc {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
-	var out []*proc
+	var out []proc
 	for _, p := range pt.order {
 		if p.alive && pt.procs[p.PID] == p {
-			out = append(out, p)
+			out = append(out, *p)
 		}
 	}
 	return out
+}
+
+// isAlive reports whether pid is a tracked process alive at the last scan.
+func (pt *procTable) isAlive(pid int) bool {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	p, ok := pt.procs[pid]
+	return ok && p.alive
 }
 
 // serving returns the pids of the living processes that hold the
@@ -290,6 +299,11 @@ func readStat(pid int) (procStat, bool) {
 
 // listeningInodes returns the inodes of the TCP sockets listening on port,
 // from /proc/net/tcp and tcp6 (this network namespace).
+//
+// The kernel lists the listening sockets first, then the established and
+// TIME_WAIT ones; under load the latter run to many megabytes, which the
+// kernel formats only as they are read. So reading stops at the first
+// socket that is not listening.
 func listeningInodes(port int) map[uint64]bool {
 	out := map[uint64]bool{}
 	want := fmt.Sprintf(":%04X", port)
@@ -299,10 +313,14 @@ func listeningInodes(port int) map[uint64]bool {
 			continue
 		}
 		sc := bufio.NewScanner(f)
+		sc.Scan() // the header
 		for sc.Scan() {
 			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
 			fl := strings.Fields(sc.Text())
-			if len(fl) < 10 || fl[3] != "0A" || !strings.HasSuffix(fl[1], want) {
+			if len(fl) < 10 || fl[3] != "0A" {
+				break
+			}
+			if !strings.HasSuffix(fl[1], want) {
 				continue
 			}
 			if ino, err := strconv.ParseUint(fl[9], 10, 64); err == nil && ino != 0 {

@@ -287,6 +287,13 @@ func (r *recorder) add(q Request, detail string) {
 	}
 }
 
+// generations is how many generations have answered so far.
+func (r *recorder) generations() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.firstGen)
+}
+
 // fill completes a report with what was recorded.
 func (r *recorder) fill(rep *Report) {
 	r.mu.Lock()

@@ -142,7 +142,7 @@ func TestBaselineFails(t *testing.T) {
 	addr := freeAddr(t)
 	r := check(t, dir, "-cmd", filepath.Join(bin, "baseline")+" -addr "+addr, "-url", "http://"+addr+"/",
 		"-restart", "kill -HUP $SERVER_NEWEST_PID", "-restarts", restarts, "-interval", "500ms",
-		"-gen-header", "X-Generation", "-plot", filepath.Join(dir, "plot.svg"))
+		"-gen-header", "X-Generation", "-wait", "-plot", filepath.Join(dir, "plot.svg"))
 	if r.code != 1 {
 		t.Errorf("exit status %d, want 1", r.code)
 	}
@@ -168,7 +168,7 @@ func TestReferenceServerPasses(t *testing.T) {
 	addr := freeAddr(t)
 	r := check(t, dir, "-cmd", filepath.Join(bin, "server")+" -addr "+addr+" -log-level warn", "-url", "http://"+addr+"/",
 		"-restart", "kill -HUP $SERVER_NEWEST_PID", "-restarts", restarts, "-interval", "500ms",
-		"-post-path", "/echo", "-slow-path", "/slow?ms=200", "-gen-header", "X-Generation", "-newconn")
+		"-post-path", "/echo", "-slow-path", "/slow?ms=200", "-gen-header", "X-Generation", "-wait", "-newconn")
 	if r.code != 0 {
 		t.Errorf("exit status %d, want 0", r.code)
 	}
@@ -185,10 +185,15 @@ func TestStopStartRefused(t *testing.T) {
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	server := filepath.Join(bin, "baseline") + " -addr " + addr
+	// Stop, wait for the exit, leave the port closed a moment, start, and
+	// wait for the new process to be ready (so that the next restart
+	// stops a server that served).
 	restart := `kill -TERM $SERVER_NEWEST_PID
 for i in $(seq 200); do kill -0 $SERVER_NEWEST_PID 2>/dev/null || break; sleep 0.01; done
 sleep 0.2
-` + server + " &"
+` + server + ` 2>>started.log &
+for i in $(seq 1000); do [ "$(grep -c '"ready"' started.log)" -ge $RESTART_INDEX ] && exit 0; sleep 0.01; done
+exit 1`
 	r := check(t, dir, "-cmd", server, "-url", "http://"+addr+"/", "-restart", restart, "-restarts", "3", "-interval", "700ms", "-newconn")
 	if r.code != 1 {
 		t.Errorf("exit status %d, want 1", r.code)

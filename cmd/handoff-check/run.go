@@ -34,7 +34,9 @@ The restart command runs with /bin/sh -c in the server's directory, with:
 A hot restart is typically 'kill -HUP $SERVER_NEWEST_PID', or the server's own
 tool ('./server ctl upgrade'), or a PID file the server keeps
 ('kill -HUP $(cat server.pid)'). A server the restart command starts is
-tracked and stopped too.
+tracked and stopped too. A restart that only sends a signal returns at
+once; with -wait it lasts until the new generation answers and the old one
+has exited, so that the next signal never reaches a handoff under way.
 
 Outcomes: ok; refused (connection refused), reset (connection reset, or a
 broken pipe), eof (connection closed before the whole answer), timeout
@@ -100,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.URL, "url", "", "`URL` the clients request, on 127.0.0.1, ::1 or localhost (required)")
 	fs.StringVar(&c.RestartShell, "restart", "", "restart `command`, run with /bin/sh -c (required when -restarts > 0)")
 	fs.IntVar(&c.Restarts, "restarts", 0, "how many `times` to restart")
+	fs.BoolVar(&c.WaitGeneration, "wait", false, "a restart lasts until the handoff is over: a new generation answered (with -gen-header) and the process that was $SERVER_NEWEST_PID exited")
 	fs.DurationVar(&c.Interval, "interval", time.Second, "time from one restart's start to the next")
 	fs.DurationVar(&c.Duration, "duration", 0, "least time the load runs (default: until an -interval after the last restart)")
 	fs.IntVar(&c.Clients, "clients", restarttest.DefaultClients, "clients sending at once, each in a loop")
