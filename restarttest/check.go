@@ -69,6 +69,9 @@ func Check(ctx context.Context, c Config) (rep *Report, err error) {
 			err = cerr
 		}
 		k.finish(rep)
+		if err != nil {
+			rep.Err = err.Error()
+		}
 	}()
 	return rep, k.check(ctx, rep)
 }

@@ -160,7 +160,7 @@ func (t *h1) dial(deadline time.Time) error {
 		tc := tls.Client(c, t.tlsConf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			c.Close()
-			return fmt.Errorf("tls: %w", err)
+			return err
 		}
 		c = tc
 	}

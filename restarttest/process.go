@@ -33,6 +33,7 @@ type procTable struct {
 	procs  map[int]*proc // by pid; a pid reused later replaces its entry
 	order  []*proc       // every process ever tracked, in order of discovery
 	owned  map[int]bool  // pids an exec.Cmd waits for: never reaped here
+	sent   map[sent]bool // signals sent by signalAll
 	stopCh chan struct{}
 	done   chan struct{}
 }
@@ -56,7 +57,7 @@ type procStat struct {
 }
 
 func newProcTable(t0 time.Time, port int) *procTable {
-	return &procTable{t0: t0, port: port, pgids: map[int]bool{}, procs: map[int]*proc{}, owned: map[int]bool{}}
+	return &procTable{t0: t0, port: port, pgids: map[int]bool{}, procs: map[int]*proc{}, owned: map[int]bool{}, sent: map[sent]bool{}}
 }
 
 // addGroup tracks every process in process group pgid from now on, and
@@ -207,14 +208,31 @@ func (pt *procTable) listened() []proc {
 	return out
 }
 
-// signalAll sends sig to every tracked process alive at the last scan,
-// by pid, after checking that the pid still names the same process.
+// signalAll sends sig to every tracked process alive at the last scan
+// that has not had it yet, by pid, after checking that the pid still
+// names the same process. Once only: a server may take a second SIGTERM
+// as "exit now, without draining".
 func (pt *procTable) signalAll(sig unix.Signal) {
 	for _, p := range pt.alive() {
+		k := sent{p.PID, p.start, sig}
+		pt.mu.Lock()
+		done := pt.sent[k]
+		pt.sent[k] = true
+		pt.mu.Unlock()
+		if done {
+			continue
+		}
 		if st, ok := readStat(p.PID); ok && st.start == p.start {
 			unix.Kill(p.PID, sig)
 		}
 	}
+}
+
+// sent is a signal sent to a process.
+type sent struct {
+	pid   int
+	start uint64
+	sig   unix.Signal
 }
 
 // stopAll ends every tracked process: SIGTERM, then SIGKILL to those left

@@ -146,6 +146,9 @@ type Report struct {
 	GRPCTransparentRetries int
 	// Examples quotes the first failures.
 	Examples []string
+	// Err says why the check could not run to its end, when it could not
+	// (the error Check returned).
+	Err string
 
 	// The timeline.
 	Timeline    []Request
@@ -155,10 +158,10 @@ type Report struct {
 	LoadEnded   time.Duration
 }
 
-// OK reports whether the check passed: no request failed, no restart
-// failed, and at least Restarts+1 generations were seen.
+// OK reports whether the check passed: it ran to its end, no request
+// failed, no restart failed, and at least Restarts+1 generations were seen.
 func (r *Report) OK() bool {
-	return r.Failed == 0 && len(r.RestartErrors) == 0 && r.Generations >= r.Restarts+1
+	return r.Err == "" && r.Failed == 0 && len(r.RestartErrors) == 0 && r.Generations >= r.Restarts+1
 }
 
 // Line is the one-line verdict: requests=N failed=M restarts=R generations=G.
@@ -211,6 +214,9 @@ func (r *Report) Summary() string {
 
 func (r *Report) verdict() string {
 	var why []string
+	if r.Err != "" {
+		why = append(why, "the check did not run to its end: "+r.Err)
+	}
 	if r.Failed > 0 {
 		why = append(why, fmt.Sprintf("%d of %d requests failed", r.Failed, r.Requests))
 	}
@@ -241,6 +247,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 		Generations            int               `json:"generations"`
 		GenerationsBy          string            `json:"generations_by"`
 		OK                     bool              `json:"ok"`
+		Err                    string            `json:"error,omitempty"`
 		Outcomes               *Counts           `json:"outcomes"`
 		ByMode                 map[Mode]*Counts  `json:"by_mode"`
 		RestartErrors          []string          `json:"restart_errors,omitempty"`
@@ -251,7 +258,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 		RestartLog             []RestartEvent    `json:"restart_log"`
 		GenLog                 []GenerationEvent `json:"generation_log"`
 		Timeline               []Request         `json:"requests_log"`
-	}{r.URL, r.Modes, r.Started, ms(r.Elapsed), r.Requests, r.Failed, r.Restarts, r.Generations, r.GenerationsBy, r.OK(),
+	}{r.URL, r.Modes, r.Started, ms(r.Elapsed), r.Requests, r.Failed, r.Restarts, r.Generations, r.GenerationsBy, r.OK(), r.Err,
 		&r.Outcomes, byMode, r.RestartErrors, r.GRPCTransparentRetries, r.Examples, ms(r.LoadStarted), ms(r.LoadEnded), r.RestartLog, r.GenLog, r.Timeline}
 	enc := json.NewEncoder(w)
 	return enc.Encode(v)

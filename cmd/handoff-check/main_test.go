@@ -2,9 +2,16 @@ package main_test
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +21,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // The command's tests run the real binaries: handoff-check, the reference
@@ -176,6 +184,12 @@ func TestReferenceServerPasses(t *testing.T) {
 	if requests == 0 || failed != 0 || rs != 5 || gens != 6 {
 		t.Errorf("requests=%d failed=%d restarts=%d generations=%d, want requests, none failed, 5 restarts, 6 generations", requests, failed, rs, gens)
 	}
+	// The kit stops the server with one SIGTERM: a second one means "exit
+	// now, without draining" to this server (an early kit sent it again
+	// every 20 ms while it waited).
+	if b, err := os.ReadFile(filepath.Join(dir, "server.log")); err != nil || bytes.Contains(b, []byte("second stop signal")) {
+		t.Errorf("server log: %v; the server got a second SIGTERM at the end:\n%s", err, b)
+	}
 }
 
 // Stopping the server and starting it again is no hot restart: clients
@@ -266,5 +280,63 @@ func TestNeverAnswers(t *testing.T) {
 			t.Errorf("%s: process %d still running", f, pid)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+	}
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1, and its key,
+// to dir/name.pem and dir/name.key.
+func writeCert(t *testing.T, dir, name string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "handoff-check test"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, block := range map[string]*pem.Block{name + ".pem": {Type: "CERTIFICATE", Bytes: der}, name + ".key": {Type: "EC PRIVATE KEY", Bytes: kder}} {
+		if err := os.WriteFile(filepath.Join(dir, file), pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// HTTPS: HTTP/1.1 and HTTP/2 clients trust the server through -ca; with
+// another CA, the server never answers and the error says why.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	writeCert(t, dir, "server")
+	writeCert(t, dir, "other")
+	addr := freeAddr(t)
+	server := filepath.Join(bin, "server") + " -addr " + addr + " -tls-cert server.pem -tls-key server.key -log-level warn"
+	r := check(t, dir, "-cmd", server, "-url", "https://"+addr+"/", "-ca", "server.pem", "-h2", "-duration", "1s", "-post-path", "/echo")
+	if r.code != 0 {
+		t.Errorf("exit status %d, want 0", r.code)
+	}
+	for _, m := range []string{"h1", "h2"} {
+		byMode, _ := r.report["by_mode"].(map[string]any)
+		counts, _ := byMode[m].(map[string]any)
+		if ok, _ := counts["ok"].(float64); ok == 0 {
+			t.Errorf("mode %s: no request answered OK (%v)", m, counts)
+		}
+	}
+
+	r = check(t, dir, "-cmd", server, "-url", "https://"+addr+"/", "-ca", "other.pem", "-ready-timeout", "1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "certificate") {
+		t.Errorf("with another CA: exit status %d, want 1 and an error about the certificate", r.code)
 	}
 }
