@@ -174,7 +174,8 @@ func TestBaselineFails(t *testing.T) {
 func TestReferenceServerPasses(t *testing.T) {
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	r := check(t, dir, "-cmd", filepath.Join(bin, "server")+" -addr "+addr+" -log-level warn", "-url", "http://"+addr+"/",
+	// -shutdown-delay keeps the server up a while after the kit's SIGTERM.
+	r := check(t, dir, "-cmd", filepath.Join(bin, "server")+" -addr "+addr+" -log-level warn -shutdown-delay 300ms", "-url", "http://"+addr+"/",
 		"-restart", "kill -HUP $SERVER_NEWEST_PID", "-restarts", restarts, "-interval", "500ms",
 		"-post-path", "/echo", "-slow-path", "/slow?ms=200", "-gen-header", "X-Generation", "-wait", "-newconn")
 	if r.code != 0 {
