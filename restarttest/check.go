@@ -153,7 +153,7 @@ func (k *kit) check(ctx context.Context, rep *Report) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		next = k.t0.Add(ev.Start + s.Interval)
+		next = k.t0.Add(ev.End + s.Interval)
 		lastEnd = ev.End
 	}
 	// The tail: the Duration, an Interval after the last restart, and an

@@ -116,9 +116,9 @@ type Config struct {
 	WaitGeneration bool
 	// Restarts is how many restarts to do.
 	Restarts int
-	// Interval is the time from the start of one restart to the start of
-	// the next (never before the previous one returned), and from the
-	// start of the load to the first. Zero means DefaultInterval.
+	// Interval is the pause between the end of one restart and the start
+	// of the next, and between the start of the load and the first. Zero
+	// means DefaultInterval.
 	Interval time.Duration
 	// Duration is the least time the load runs. Zero means long enough
 	// for the restarts: the load runs until the last restart has returned,

@@ -65,7 +65,7 @@ func grpcServer(addr string) error {
 		return err
 	}
 	defer upg.Stop()
-	go upgradeOnHUP(upg) // exits with the process
+	upgradeOnHUP(upg)
 	ln, err := upg.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -101,7 +101,7 @@ func httpServer(addr string) error {
 		return err
 	}
 	defer upg.Stop()
-	go upgradeOnHUP(upg)
+	upgradeOnHUP(upg)
 	ln, err := upg.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -134,12 +134,23 @@ func httpServer(addr string) error {
 	return srv.Shutdown(ctx)
 }
 
+// upgradeOnHUP upgrades on SIGHUP. It sets up the signal before it
+// returns: a SIGHUP that came before would kill the process.
 func upgradeOnHUP(upg *tableflip.Upgrader) {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGHUP)
-	for range sig {
-		upg.Upgrade()
-	}
+	go func() { // exits with the process
+		for range sig {
+			// tableflip refuses to upgrade until it has seen its parent
+			// exit, which it learns a moment after the parent is gone.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			upg.WaitForParent(ctx)
+			cancel()
+			if err := upg.Upgrade(); err != nil {
+				fmt.Fprintln(os.Stderr, "helper: upgrade:", err)
+			}
+		}
+	}()
 }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.

@@ -18,8 +18,8 @@ const usageText = `Usage: handoff-check -cmd 'SERVER COMMAND' -url http://127.0.
 
 Starts the server command (with /bin/sh -c, in a process group of its own),
 waits until the URL answers, sends requests from -clients clients that
-retry nothing while it runs the restart command -restarts times, one every
--interval, and counts every request's outcome. Every process of the server
+retry nothing while it runs the restart command -restarts times, with
+-interval between them, and counts every request's outcome. Every process of the server
 (the group, and every descendant, re-executed generations included) is
 stopped at the end by pid: SIGTERM, then SIGKILL after -stop-timeout.
 Traffic goes only to loopback addresses.
@@ -103,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.RestartShell, "restart", "", "restart `command`, run with /bin/sh -c (required when -restarts > 0)")
 	fs.IntVar(&c.Restarts, "restarts", 0, "how many `times` to restart")
 	fs.BoolVar(&c.WaitGeneration, "wait", false, "a restart lasts until the handoff is over: a new generation answered (with -gen-header) and the process that was $SERVER_NEWEST_PID exited")
-	fs.DurationVar(&c.Interval, "interval", time.Second, "time from one restart's start to the next")
+	fs.DurationVar(&c.Interval, "interval", time.Second, "pause between the end of one restart and the start of the next")
 	fs.DurationVar(&c.Duration, "duration", 0, "least time the load runs (default: until an -interval after the last restart)")
 	fs.IntVar(&c.Clients, "clients", restarttest.DefaultClients, "clients sending at once, each in a loop")
 	fs.StringVar(&c.PostPath, "post-path", "", "`path` that echoes a POST's body; a share of requests POST there and check the echo")
