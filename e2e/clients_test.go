@@ -33,7 +33,6 @@ type tally struct {
 	examples []string                  // the first few failures, verbatim
 	lost     []string                  // local addresses of connections whose request failed
 	gens     map[string]bool           // generations that answered
-	spans    [][2]time.Time            // start and end of each /slow request
 	resumes  map[string]int            // kind → reconnections after a goodbye
 }
 
@@ -292,49 +291,6 @@ func h2Client(ctx context.Context, addr string, t *tally, streams int) {
 		}()
 	}
 	wg.Wait()
-}
-
-// slowClient keeps a /slow request in flight most of the time, on a
-// kept-alive connection, and records when each ran.
-func slowClient(ctx context.Context, addr string, t *tally, seed uint64) {
-	const kind = "h1-slow"
-	rng := rand.New(rand.NewPCG(seed, 3))
-	var c *conn1
-	defer func() {
-		if c != nil {
-			c.Close()
-		}
-	}()
-	loop(ctx, 100_000, 5*time.Minute, func() {
-		if c == nil {
-			var err error
-			if c, err = dial1(addr); err != nil {
-				t.fail(kind, errorKind(err), err)
-				return
-			}
-		}
-		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/slow?ms=%d", addr, 300+rng.IntN(500)), nil)
-		began := time.Now()
-		resp, _, err := c.do(req)
-		switch {
-		case err != nil:
-			t.fail(kind, errorKind(err), err)
-			c.Close()
-			c = nil
-			return
-		case resp.StatusCode != http.StatusOK:
-			t.fail(kind, "status "+strconv.Itoa(resp.StatusCode), nil)
-		default:
-			t.success(kind, resp.Header.Get("X-Generation"))
-			t.mu.Lock()
-			t.spans = append(t.spans, [2]time.Time{began, time.Now()})
-			t.mu.Unlock()
-		}
-		if resp.Close {
-			c.Close()
-			c = nil
-		}
-	})
 }
 
 // sseClient follows GET /events across generations: after each goodbye it

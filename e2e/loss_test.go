@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/restarttest"
 )
 
 // lossUpgrades is how many times the loss test upgrades under load.
@@ -14,6 +16,12 @@ const lossUpgrades = 20
 // The loss test: the real binary through lossUpgrades upgrades while every
 // kind of client sends load, counting every outcome. Zero requests may
 // fail, of any kind; every generation must answer.
+//
+// The restart kit (restarttest) sends the HTTP/1.1 load: keep-alive
+// clients with 30% POST /echo, new-connection clients, and /slow requests
+// in flight across each upgrade; it runs the upgrades too. The clients it
+// does not cover run beside it: Go's HTTP/2 client over h2c, SSE and
+// WebSocket.
 func TestLossUnderRestarts(t *testing.T) {
 	s := start(t, startOptions{args: []string{"-log-level", "info"}})
 	pid := s.waitReady(1)
@@ -31,13 +39,10 @@ func TestLossUnderRestarts(t *testing.T) {
 			}()
 		}
 	}
-	spawn(6, func(i int) { keepAliveClient(ctx, s.addr, tl, uint64(i)) })
-	spawn(2, func(int) { newConnClient(ctx, s.addr, tl) })
 	spawn(2, func(int) { h2Client(ctx, s.addr, tl, 3) })
-	spawn(4, func(i int) { slowClient(ctx, s.addr, tl, uint64(i)) })
 	spawn(2, func(int) { sseClient(ctx, s.addr, tl) })
 	spawn(2, func(i int) { wsClient(ctx, s.addr, tl, uint64(i)) })
-	kinds := []string{"h1-keepalive", "h1-newconn", "h2c", "h1-slow", "sse", "websocket"}
+	kinds := []string{"h2c", "sse", "websocket"}
 	waitAllKinds := func(what string) {
 		base := map[string]int{}
 		for _, k := range kinds {
@@ -52,26 +57,54 @@ func TestLossUnderRestarts(t *testing.T) {
 			return nil
 		})
 	}
-	waitAllKinds("every client kind served before the upgrades")
 
-	var hups []time.Time
-	for g := 2; g <= lossUpgrades+1; g++ {
-		hups = append(hups, time.Now())
-		pid = s.upgrade(pid, g)
-	}
-	waitAllKinds("every client kind served by the last generation")
+	// The kit's clients: 6 on kept-alive connections, 4 more sending
+	// /slow, 2 with a new connection per request. It waits for an answer
+	// to each before the first upgrade and after the last.
+	ka, nc := restarttest.KeepAlive, restarttest.NewConn
+	rep, err := restarttest.Check(ctx, restarttest.Config{
+		URL:         s.url("/"),
+		GenHeader:   "X-Generation",
+		Clients:     12,
+		Modes:       []restarttest.Mode{ka, ka, ka, ka, ka, nc},
+		PostPath:    "/echo",
+		SlowPath:    "/slow?ms=500",
+		SlowClients: 4,
+		Restarts:    lossUpgrades,
+		Interval:    time.Millisecond, // back to back: each upgrade waits for the last
+		Restart: func(_ context.Context, r restarttest.RestartInfo) error {
+			if r.Index == 1 {
+				waitAllKinds("every client kind served before the upgrades")
+			}
+			pid = s.upgrade(pid, r.Index+1)
+			if r.Index == lossUpgrades {
+				waitAllKinds("every client kind served by the last generation")
+			}
+			return nil
+		},
+	})
 	cancel()
 	wg.Wait()
+	if err != nil {
+		t.Fatalf("restart kit: %v", err)
+	}
 
-	t.Logf("after %d upgrades:\n%s", lossUpgrades, tl)
+	t.Logf("after %d upgrades:\n%s%s", lossUpgrades, rep.Summary(), tl)
 	for _, e := range tl.examples {
 		t.Log("failure:", e)
 	}
-	if n := tl.failures(); n > 0 {
+	if n := tl.failures() + rep.Failed; n > 0 {
 		t.Errorf("%d requests failed across %d upgrades, want 0", n, lossUpgrades)
 	}
-	if len(tl.gens) != lossUpgrades+1 {
-		t.Errorf("%d generations answered, want %d (the upgrades plus one)", len(tl.gens), lossUpgrades+1)
+	gens := map[string]bool{}
+	for g := range tl.gens {
+		gens[g] = true
+	}
+	for _, g := range rep.GenLog {
+		gens[g.ID] = true
+	}
+	if len(gens) != lossUpgrades+1 {
+		t.Errorf("%d generations answered, want %d (the upgrades plus one)", len(gens), lossUpgrades+1)
 	}
 	for _, k := range []string{"sse", "websocket"} {
 		if tl.resumes[k] < lossUpgrades {
@@ -79,9 +112,9 @@ func TestLossUnderRestarts(t *testing.T) {
 		}
 	}
 	across := 0
-	for _, h := range hups {
-		for _, sp := range tl.spans {
-			if sp[0].Before(h) && sp[1].After(h) {
+	for _, h := range rep.RestartLog {
+		for _, q := range rep.Timeline {
+			if q.Slow() && q.Outcome == restarttest.OK && q.Start < h.Start && q.End > h.Start {
 				across++
 			}
 		}
