@@ -43,9 +43,28 @@ func TestKubernetesDeploymentFlags(t *testing.T) {
 			inArgs = false
 		}
 	}
+	// -config names the file the ConfigMap mounts: check that file.
+	conf := configMapFile(t, "../../deploy/kubernetes/configmap.yaml", "handoff.toml")
+	for i, a := range args {
+		if strings.HasPrefix(a, "-config=") {
+			args[i] = "-config=" + conf
+		}
+	}
 	cfg, err := parseConfig(args, env(nil), io.Discard)
 	if err != nil {
 		t.Fatalf("deployment.yaml args %q: %v", args, err)
+	}
+	// The image's entrypoint supplies -supervise, so a reload inside the
+	// pod is a hot restart rather than a container restart.
+	df, err := os.ReadFile("../../deploy/kubernetes/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(df), `ENTRYPOINT ["/server", "-supervise"]`) {
+		t.Error("the Dockerfile's entrypoint does not run the supervisor (-supervise)")
+	}
+	if cfg.ConfigFile != conf {
+		t.Error("deployment.yaml passes no -config: the ConfigMap is for a reload inside a running pod")
 	}
 	if cfg.ShutdownDelay == 0 {
 		t.Error("deployment.yaml sets no -shutdown-delay; endpoints need a moment to drop the pod")
@@ -53,6 +72,36 @@ func TestKubernetesDeploymentFlags(t *testing.T) {
 	if budget := stopBudget(cfg); time.Duration(grace)*time.Second <= budget {
 		t.Errorf("terminationGracePeriodSeconds %d does not cover delay+drain+cleanup = %v", grace, budget)
 	}
+}
+
+// configMapFile writes the value of key (a "key: |" block) of a ConfigMap
+// to a file and returns its path.
+func configMapFile(t *testing.T, path, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.TrimSpace(line) == key+": |":
+			in = true
+		case in && (strings.HasPrefix(line, "    ") || strings.TrimSpace(line) == ""):
+			out = append(out, strings.TrimPrefix(line, "    "))
+		default:
+			in = false
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s has no %q block", path, key)
+	}
+	f := t.TempDir() + "/" + key
+	if err := os.WriteFile(f, []byte(strings.Join(out, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // TestSystemdUnit checks handoff.service against the server: supervisor
