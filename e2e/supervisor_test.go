@@ -736,3 +736,66 @@ func (term *terminal) waitFor(t *testing.T, s, what string) {
 		}
 	}
 }
+
+// A configuration change inside a running container (deploy/kubernetes:
+// the ConfigMap changes, then ctl upgrade through kubectl exec) is a hot
+// restart under the supervisor: /readyz, which a readiness probe polls,
+// answers 200 throughout, and the new generation runs the new settings.
+func TestReadyzStaysGreenAcrossConfigReload(t *testing.T) {
+	dir := shortTempDir(t)
+	conf := filepath.Join(dir, "handoff.toml")
+	if err := os.WriteFile(conf, []byte("log-level = \"info\"\nprobation = \"1s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := start(t, startOptions{dir: dir, supervise: true, args: []string{"-config", conf}})
+	stop, tl := backgroundLoad(s.addr)
+	defer stop()
+	probe := make(chan [2]int, 1)
+	done := make(chan struct{})
+	go func() { // a readiness probe: a new connection every 5 ms until done
+		ok, bad := 0, 0
+		c := freshClient()
+		for {
+			select {
+			case <-done:
+				probe <- [2]int{ok, bad}
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			resp, err := c.Get(s.url("/readyz"))
+			if err != nil || resp.StatusCode != 200 {
+				bad++
+			} else {
+				ok++
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	waitRequests(t, tl, 200)
+	if err := os.WriteFile(conf, []byte("log-level = \"info\"\nprobation = \"1500ms\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, st := s.ctl("upgrade", "-config", conf)
+	if st != 0 {
+		t.Fatalf("ctl upgrade: %d: %s", st, errOut)
+	}
+	// The new generation runs the new settings.
+	p := s.logs.wait(t, time.Minute, "the new generation's probation", func(l logLine) bool {
+		return l.msg() == "probation started" && l.int("generation") == 2
+	})
+	if w := p.int("window_ms"); w != 1500 {
+		t.Errorf("the new generation's probation is %d ms, want the reloaded file's 1500", w)
+	}
+	waitRequests(t, tl, total(tl)+200)
+	close(done)
+	pr := <-probe
+	t.Logf("readiness probe across the reload: %d answered 200, %d not; load: %d requests, %d failed", pr[0], pr[1], total(tl), tl.failures())
+	if pr[1] != 0 || pr[0] == 0 {
+		t.Errorf("readiness probe: %d answers of 200, %d other outcomes; want only 200s", pr[0], pr[1])
+	}
+	if n := tl.failures(); n > 0 {
+		t.Errorf("%d requests failed, want 0: %v", n, tl.examples)
+	}
+}

@@ -19,7 +19,8 @@ type Info struct {
 
 // Lifecycle is what the handlers need to know of the process lifecycle.
 type Lifecycle interface {
-	// IsReady reports whether the generation should get new traffic.
+	// IsReady reports whether the service should get new traffic: false
+	// from the moment a stop begins, true across a handoff.
 	IsReady() bool
 	// Draining is closed when the generation begins to drain.
 	Draining() <-chan struct{}

@@ -265,11 +265,24 @@ func (u *Upgrader) OnCleanup(name string, fn func(ctx context.Context) error) er
 // tell their clients to reconnect, which then reach the next generation.
 func (u *Upgrader) Draining() <-chan struct{} { return u.drainingC }
 
-// IsReady reports whether this generation should receive new traffic: it
-// is ready and not stopping or draining.
+// IsReady reports whether the service, as this process serves it, should
+// receive new traffic: what a readiness probe asks. It is true while this
+// generation serves, and also across a handoff, on either side of it: a
+// generation still starting or in probation beside a serving one, and one
+// draining after it handed over, answer for a service that goes on (a
+// probe that reached either would otherwise take a healthy endpoint out
+// of rotation during every reload). It is false before the first
+// generation is ready and from the moment a stop begins.
 func (u *Upgrader) IsReady() bool {
-	st := u.snap.Load().State
-	return st == StateServing || st == StateUpgrading
+	switch u.snap.Load().State {
+	case StateServing, StateUpgrading:
+		return true
+	case StateStarting:
+		return u.HasParent()
+	case StateDraining:
+		return u.handedOff.Load()
+	}
+	return false
 }
 
 // HandedOver reports whether this generation handed over to a successor
