@@ -66,7 +66,7 @@ type server struct {
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
-	draining bool // closes from now on are counted
+	draining bool // closes from now on are counted (set as Serve returns)
 	forcing  bool // closes from now on are forced
 	closed   upgrade.CloseCounts
 	changed  chan struct{} // receives a value, without blocking, when a connection is closed or taken over
@@ -75,7 +75,13 @@ type server struct {
 // Serve serves s on ln until the Upgrader closes ln. grpc-go's Serve then
 // returns the listener's error, which the Upgrader expects and ignores.
 func (a *server) Serve(ln net.Listener) error {
-	return a.s.Serve(&listener{Listener: ln, a: a})
+	err := a.s.Serve(&listener{Listener: ln, a: a})
+	// The Upgrader closes the listener as the drain begins: count the
+	// connections that close from now on, not only from Drain.
+	a.mu.Lock()
+	a.draining = true
+	a.mu.Unlock()
+	return err
 }
 
 // Stats counts the open connections and, with Options.RPCs, the RPCs.
