@@ -155,11 +155,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := upg.Serve(cln, upgrade.HTTP(control), &upgrade.ServeOptions{Name: "control", Control: true}); err != nil {
 		return err
 	}
+	// gRPC, raw TCP and UDP, each only if its flag is set.
+	grpcReady, err := serveOtherProtocols(ctx, upg, cfg, kv, log)
+	if err != nil {
+		return err
+	}
 	injectFaults(getenv, upg, log)
 
 	if err := upg.Ready(); err != nil {
 		return err
 	}
+	grpcReady()
 	// The cache warms from the snapshot the previous generation persisted
 	// in its cleanup, once it has exited (at once for the first).
 	go func() { // ends once warmed, or when this generation is done
