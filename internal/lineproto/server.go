@@ -139,7 +139,7 @@ func (s *Server) serveConn(c *conn) {
 			}
 			msg = msg[:0]
 			if !s.isDraining() {
-				continue
+				break
 			}
 			if r.Buffered() == 0 {
 				s.goodbye(c)
@@ -149,7 +149,7 @@ func (s *Server) serveConn(c *conn) {
 			// too, but read nothing the client sent after it.
 			c.SetReadDeadline(time.Unix(1, 0))
 		case errors.Is(err, bufio.ErrBufferFull):
-			continue
+			// A long message: read on.
 		case errors.Is(err, os.ErrDeadlineExceeded) && s.isDraining():
 			// The drain woke this read, or stopped it after a message.
 			// Between messages, say goodbye; in the middle of one, read
@@ -159,9 +159,9 @@ func (s *Server) serveConn(c *conn) {
 				return
 			}
 			c.SetReadDeadline(time.Time{})
-			continue
+		default:
+			return // the client closed its end, or the connection failed
 		}
-		return // the client closed its end, or the connection failed
 	}
 }
 

@@ -179,3 +179,68 @@ func TestStats(t *testing.T) {
 		t.Errorf("status: %d requests, %d connections, %d in flight; want 3, 1, 0", st.Requests, st.Connections, st.InFlight)
 	}
 }
+
+// Clients that keep several messages in flight all get RECONNECT, after
+// answers to every message they sent before it, in order. Regression: a
+// connection that answered a message during the drain with the next
+// message's first bytes already read closed without RECONNECT.
+func TestDrainPipeliningClients(t *testing.T) {
+	for round := range 10 {
+		u, addr := serve(t, strings.ToUpper, time.Minute)
+		clients := make([]*client, 8)
+		for i := range clients {
+			clients[i] = dial(t, addr)
+		}
+		results := make(chan error, len(clients))
+		busy := make(chan struct{}, len(clients))
+		for i, c := range clients {
+			go func() { results <- pipeline(c, i, busy) }()
+		}
+		for range clients {
+			<-busy
+		}
+		done := stop(u)
+		for range clients {
+			if err := <-results; err != nil {
+				t.Errorf("round %d: %v", round, err)
+			}
+		}
+		<-done
+	}
+}
+
+// pipeline sends messages 4 at a time, reads their answers, and returns
+// nil at RECONNECT. It signals busy once it has had some answers.
+func pipeline(c *client, id int, busy chan<- struct{}) error {
+	defer c.Close()
+	signaled := false
+	defer func() {
+		if !signaled {
+			busy <- struct{}{} // failed early: do not keep the test waiting
+		}
+	}()
+	next := 0 // the message whose answer comes next
+	for k := 0; k < 100_000; k++ {
+		for j := range 4 {
+			fmt.Fprintf(c, "m%d %d\n", id, next+j)
+		}
+		for range 4 {
+			line, err := c.r.ReadString('\n')
+			if err != nil {
+				return fmt.Errorf("client %d: %v after %d answers, want %s first", id, err, next, lineproto.Reconnect)
+			}
+			if line == lineproto.Reconnect+"\n" {
+				return nil
+			}
+			if want := fmt.Sprintf("M%d %d\n", id, next); line != want {
+				return fmt.Errorf("client %d: answer %q, want %q", id, line, want)
+			}
+			next++
+		}
+		if k == 3 {
+			busy <- struct{}{}
+			signaled = true
+		}
+	}
+	return fmt.Errorf("client %d: no RECONNECT", id)
+}
