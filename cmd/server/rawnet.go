@@ -62,7 +62,10 @@ func serveUDP(ctx context.Context, upg *upgrade.Upgrader, addr string) error {
 // udpEcho is the upgrade.PacketServer of the echo. It answers each
 // datagram before it reads the next, so once ServePacket has returned
 // nothing is in flight: a datagram still in the socket's buffer is read
-// by the next generation, which shares the socket.
+// by the next generation, which shares the socket. One exception: the
+// Upgrader stops it by closing the socket, and a datagram read just
+// before that cannot be answered (WriteTo fails: "use of closed network
+// connection"); the UDP e2e test measures how often.
 type udpEcho struct {
 	prefix   []byte
 	requests atomic.Int64
