@@ -95,6 +95,11 @@ func (u *Upgrader) ready() error {
 		}
 		u.maybeStartUpgrade()
 	})
+	if u.mode == modeSupervised {
+		// The supervisor closes its copies of what this generation did
+		// not ask for; close ours.
+		u.up.closeUntaken()
+	}
 	if u.tf != nil {
 		// Tells tableflip's parent that the upgrade succeeded, and closes
 		// inherited sockets nobody asked for. If the parent died, there

@@ -115,12 +115,16 @@ type DrainRecord struct {
 // CloseCounts counts connections closed during a drain, by how.
 type CloseCounts struct {
 	// AfterResponse: HTTP/1 connections closed after a response that
-	// carried Connection: close.
+	// carried Connection: close, and connections of other protocols
+	// closed after the protocol's own goodbye (a raw TCP server's
+	// "reconnect" message).
 	AfterResponse int64 `json:"after_response"`
 	// Idle: HTTP/1 connections idle longer than the grace period, closed by
 	// the drain with a half-close.
 	Idle int64 `json:"idle"`
-	// ByPeer: idle HTTP/1 connections that the client closed first.
+	// ByPeer: idle HTTP/1 connections that the client closed first, and
+	// connections of other protocols that the client closed before the
+	// server said goodbye.
 	ByPeer int64 `json:"by_peer"`
 	// HTTP2: HTTP/2 connections, closed after GOAWAY and their last stream
 	// (gRPC connections are counted here too).

@@ -22,6 +22,9 @@ import (
 // defaults, the config file, HANDOFF_* environment variables, and flags.
 type config struct {
 	Addr           string
+	GRPCAddr       string
+	TCPAddr        string
+	UDPAddr        string
 	PIDFile        string
 	DrainTimeout   time.Duration
 	UpgradeTimeout time.Duration
@@ -86,6 +89,9 @@ func badFlag(name, format string, a ...any) error {
 // environment variables.
 func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "`address` of the public HTTP listener")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", "", "`address` of a gRPC listener: the health service and the key-value store (off if empty)")
+	fs.StringVar(&c.TCPAddr, "tcp-addr", "", "`address` of a raw TCP listener of the line protocol: each line answered with the generation and the line (off if empty)")
+	fs.StringVar(&c.UDPAddr, "udp-addr", "", "`address` of a UDP echo: each datagram answered with the generation and the datagram (off if empty)")
 	fs.StringVar(&c.PIDFile, "pid-file", "", "`path` of a PID file naming the serving generation (none if empty)")
 	durationFlag(fs, &c.DrainTimeout, "drain-timeout", upgrade.DefaultDrainTimeout, "how long a drain may take before what is left is force-closed")
 	durationFlag(fs, &c.UpgradeTimeout, "upgrade-timeout", upgrade.DefaultUpgradeTimeout, "how long a new generation may take to become ready before it is killed")
@@ -251,6 +257,13 @@ func cleanSetError(err error) string {
 func (c *config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return badFlag("addr", "-addr %q: want host:port, such as 127.0.0.1:8080", c.Addr)
+	}
+	for _, a := range []struct{ name, v, example string }{
+		{"grpc-addr", c.GRPCAddr, "127.0.0.1:9090"}, {"tcp-addr", c.TCPAddr, "127.0.0.1:7070"}, {"udp-addr", c.UDPAddr, "127.0.0.1:7070"},
+	} {
+		if _, _, err := net.SplitHostPort(a.v); a.v != "" && err != nil {
+			return badFlag(a.name, "-%s %q: want host:port, such as %s, or nothing to leave it off", a.name, a.v, a.example)
+		}
 	}
 	for _, d := range []struct {
 		name string

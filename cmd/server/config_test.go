@@ -78,6 +78,8 @@ func TestConfigErrors(t *testing.T) {
 		{"negative duration", []string{"-drain-timeout", "-1s"}, nil, "", []string{"-drain-timeout", "negative"}},
 		{"zero drain timeout", []string{"-drain-timeout", "0"}, nil, "", []string{"-drain-timeout", "more than 0"}},
 		{"bad addr", []string{"-addr", "8080"}, nil, "", []string{"-addr", "host:port"}},
+		{"bad grpc addr", []string{"-grpc-addr", "9090"}, nil, "", []string{"-grpc-addr", "host:port"}},
+		{"bad udp addr in file", nil, nil, "udp-addr = \"localhost\"\n", []string{"line 1", `key "udp-addr"`, "host:port"}},
 		{"bad log format", []string{"-log-format", "xml"}, nil, "", []string{"-log-format", "json, console or auto"}},
 		{"bad log level", []string{"-log-level", "loud"}, nil, "", []string{"-log-level"}},
 		{"probation too long", []string{"-probation", "2m"}, nil, "", []string{"-probation", "-upgrade-timeout"}},

@@ -179,6 +179,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := upg.Serve(cln, upgrade.HTTP(control), &upgrade.ServeOptions{Name: "control", Control: true}); err != nil {
 		return err
 	}
+	// gRPC, raw TCP and UDP, each only if its flag is set.
+	if err := serveOtherProtocols(ctx, upg, cfg, kv, log); err != nil {
+		return err
+	}
 	injectFaults(getenv, upg, log)
 
 	if err := upg.Ready(); err != nil {
