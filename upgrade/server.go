@@ -85,8 +85,10 @@ type serverHooks struct {
 	log         zerolog.Logger
 	idleGrace   time.Duration
 	closeSpread time.Duration
-	draining    <-chan struct{}
-	logConns    bool
+	// goAwayAckTimeout bounds the wait for an HTTP/2 client's PING ACK.
+	goAwayAckTimeout time.Duration
+	draining         <-chan struct{}
+	logConns         bool
 }
 
 // serving is one registered server and its socket.
@@ -129,11 +131,12 @@ func (u *Upgrader) register(sv *serving, o *ServeOptions) error {
 	}
 	if h, ok := sv.server().(hooked); ok {
 		h.hook(serverHooks{
-			log:         u.log.With().Str("server", sv.name).Logger(),
-			idleGrace:   u.opts.IdleGrace,
-			closeSpread: u.opts.CloseSpread,
-			draining:    u.drainingC,
-			logConns:    u.opts.LogConnections,
+			log:              u.log.With().Str("server", sv.name).Logger(),
+			idleGrace:        u.opts.IdleGrace,
+			closeSpread:      u.opts.CloseSpread,
+			goAwayAckTimeout: u.opts.GoAwayAckTimeout,
+			draining:         u.drainingC,
+			logConns:         u.opts.LogConnections,
 		})
 	}
 	u.regMu.Lock()
