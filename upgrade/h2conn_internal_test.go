@@ -59,7 +59,9 @@ func frames(t testing.TB, write func(fr *http2.Framer) error) []byte {
 // Server frames the tests write, each on its own.
 var (
 	settingsFrame = func(t testing.TB) []byte {
-		return frames(t, func(fr *http2.Framer) error { return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100}) })
+		return frames(t, func(fr *http2.Framer) error {
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
+		})
 	}
 	headersFrame = func(t testing.TB, id uint32, endHeaders bool) []byte {
 		return frames(t, func(fr *http2.Framer) error {
