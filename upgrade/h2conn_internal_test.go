@@ -57,30 +57,34 @@ func frames(t testing.TB, write func(fr *http2.Framer) error) []byte {
 }
 
 // Server frames the tests write, each on its own.
-var (
-	settingsFrame = func(t testing.TB) []byte {
-		return frames(t, func(fr *http2.Framer) error {
-			return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
-		})
-	}
-	headersFrame = func(t testing.TB, id uint32, endHeaders bool) []byte {
-		return frames(t, func(fr *http2.Framer) error {
-			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x88, 1, 2, 3}, EndHeaders: endHeaders})
-		})
-	}
-	continuationFrame = func(t testing.TB, id uint32, endHeaders bool) []byte {
-		return frames(t, func(fr *http2.Framer) error { return fr.WriteContinuation(id, endHeaders, []byte{4, 5, 6}) })
-	}
-	dataFrame = func(t testing.TB, id uint32, n int) []byte {
-		return frames(t, func(fr *http2.Framer) error { return fr.WriteData(id, false, bytes.Repeat([]byte{'d'}, n)) })
-	}
-	emptyDataFrame = func(t testing.TB, id uint32) []byte {
-		return frames(t, func(fr *http2.Framer) error { return fr.WriteData(id, true, nil) })
-	}
-	goAwayFrame = func(t testing.TB, last uint32) []byte {
-		return frames(t, func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
-	}
-)
+
+func settingsFrame(t testing.TB) []byte {
+	return frames(t, func(fr *http2.Framer) error {
+		return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
+	})
+}
+
+func headersFrame(t testing.TB, id uint32, endHeaders bool) []byte {
+	return frames(t, func(fr *http2.Framer) error {
+		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x88, 1, 2, 3}, EndHeaders: endHeaders})
+	})
+}
+
+func continuationFrame(t testing.TB, id uint32, endHeaders bool) []byte {
+	return frames(t, func(fr *http2.Framer) error { return fr.WriteContinuation(id, endHeaders, []byte{4, 5, 6}) })
+}
+
+func dataFrame(t testing.TB, id uint32, n int) []byte {
+	return frames(t, func(fr *http2.Framer) error { return fr.WriteData(id, false, bytes.Repeat([]byte{'d'}, n)) })
+}
+
+func emptyDataFrame(t testing.TB, id uint32) []byte {
+	return frames(t, func(fr *http2.Framer) error { return fr.WriteData(id, true, nil) })
+}
+
+func goAwayFrame(t testing.TB, last uint32) []byte {
+	return frames(t, func(fr *http2.Framer) error { return fr.WriteGoAway(last, http2.ErrCodeNo, nil) })
+}
 
 // summary lists the frames in b, one word each: "GOAWAY(2147483647)" for
 // a GOAWAY, "PING" and "PING-ACK", else the frame type and its stream. A
