@@ -166,7 +166,18 @@ func startH2(t *testing.T, opts upgrade.Options, h http.Handler, useTLS bool) (*
 		return startInProcess(t, opts, h), nil
 	}
 	cert, client := selfSigned(t)
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}},
+		// The caller's hook sees the connection net/http's own HTTP/2
+		// server would show it, not the drain's wrapper.
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if _, ok := c.(*tls.Conn); !ok {
+				t.Errorf("ConnState(%T, %v), want a *tls.Conn", c, st)
+			}
+		},
+	}
 	return startHTTP(t, opts, srv), client
 }
 

@@ -84,6 +84,12 @@ func servesHTTP2(srv *http.Server, useTLS bool) bool {
 // ConfigureServer would: the handler, srv as BaseConfig (timeouts, limits,
 // ErrorLog, ConnState) and the connection's base context, which net/http
 // offers through a BaseContext method of the handler.
+//
+// This holds for x/net's own server, which it builds with Go 1.26. Built
+// with Go 1.27, x/net/http2 (v0.62.0) wraps net/http's server instead, and
+// ServeConn with a BaseConfig serves on a copy of srv that Shutdown does
+// not reach: TestDrainHTTP2TwoStepGoAway fails then, for want of the final
+// GOAWAY.
 func (s *httpServer) serveHTTP2(h2 *http2.Server, hs *http.Server, nc net.Conn, tc *tls.Conn, tracked *trackedConn, h http.Handler) {
 	var ctx context.Context
 	if bc, ok := h.(interface{ BaseContext() context.Context }); ok {

@@ -35,8 +35,13 @@ type httpServer struct {
 // srv.ConnContext so that the drain can track every connection and end
 // each one cleanly: an HTTP/1 connection after a response that carries
 // Connection: close, or once idle for longer than Options.IdleGrace; an
-// HTTP/2 connection with GOAWAY. When srv.TLSConfig is set it serves TLS
-// (with HTTP/2) using its certificates. Use srv with one Upgrader only.
+// HTTP/2 connection with the two-step GOAWAY of RFC 9113 §6.8, so that no
+// stream in flight is refused. For that it serves HTTP/2 (over TLS, and
+// h2c when srv.Protocols enables it) through golang.org/x/net/http2's
+// server, with srv's settings, from functions it puts in srv.TLSNextProto;
+// a srv whose TLSNextProto already has "h2" keeps its own HTTP/2 server and
+// net/http's single GOAWAY. When srv.TLSConfig is set it serves TLS (with
+// HTTP/2) using its certificates. Use srv with one Upgrader only.
 func HTTP(srv *http.Server) Server {
 	return &httpServer{srv: srv}
 }
