@@ -186,7 +186,7 @@ func (s *httpServer) Drain(ctx context.Context) CloseCounts {
 	unsettled := func() bool {
 		now := time.Now()
 		busy := s.reapIdle(now, start, grace, spread)
-		return s.t.awaitingAck(now, s.hooks.goAwayAckTimeout) || busy
+		return s.t.awaitingAck(now, s.hooks.ackWait) || busy
 	}
 	if s.waitWhile(ctx, unsettled) {
 		if err := s.srv.Shutdown(ctx); err != nil {

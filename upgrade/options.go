@@ -15,11 +15,12 @@ const (
 	DefaultDrainTimeout   = 30 * time.Second
 	DefaultIdleGrace      = time.Second
 	DefaultCloseSpread    = time.Second
-	// DefaultGoAwayAckTimeout bounds Options.GoAwayAckTimeout.
-	DefaultGoAwayAckTimeout = time.Second
-	DefaultCleanupTimeout   = 10 * time.Second
+	DefaultCleanupTimeout = 10 * time.Second
 	// DefaultHandOverTimeout bounds Options.HandOver.
 	DefaultHandOverTimeout = 10 * time.Second
+
+	// DefaultGoAwayAckTimeout is Options.GoAwayAckTimeout's default.
+	DefaultGoAwayAckTimeout = time.Second
 )
 
 // Errors an upgrade or a stop can end with. Match them with errors.Is.

@@ -85,10 +85,9 @@ type serverHooks struct {
 	log         zerolog.Logger
 	idleGrace   time.Duration
 	closeSpread time.Duration
-	// goAwayAckTimeout bounds the wait for an HTTP/2 client's PING ACK.
-	goAwayAckTimeout time.Duration
-	draining         <-chan struct{}
-	logConns         bool
+	ackWait     time.Duration // bounds the wait for an HTTP/2 client's PING ACK
+	draining    <-chan struct{}
+	logConns    bool
 }
 
 // serving is one registered server and its socket.
@@ -131,12 +130,12 @@ func (u *Upgrader) register(sv *serving, o *ServeOptions) error {
 	}
 	if h, ok := sv.server().(hooked); ok {
 		h.hook(serverHooks{
-			log:              u.log.With().Str("server", sv.name).Logger(),
-			idleGrace:        u.opts.IdleGrace,
-			closeSpread:      u.opts.CloseSpread,
-			goAwayAckTimeout: u.opts.GoAwayAckTimeout,
-			draining:         u.drainingC,
-			logConns:         u.opts.LogConnections,
+			log:         u.log.With().Str("server", sv.name).Logger(),
+			idleGrace:   u.opts.IdleGrace,
+			closeSpread: u.opts.CloseSpread,
+			ackWait:     u.opts.GoAwayAckTimeout,
+			draining:    u.drainingC,
+			logConns:    u.opts.LogConnections,
 		})
 	}
 	u.regMu.Lock()
