@@ -21,7 +21,9 @@ import (
 // The two-step close first sends GOAWAY with the last stream id 2^31-1 and
 // a PING. A client stops opening streams when it reads the GOAWAY, and it
 // answers the PING after it, so once the PING's ACK arrives every stream it
-// opened before has arrived too, and is served. Only then (or after
+// opened before has arrived too, and is served. (x/net's server reads a
+// frame only once it has processed the one before, so those streams are
+// already counted in the last stream id it will name.) Only then (or after
 // Options.GoAwayAckTimeout) does the drain call http.Server.Shutdown, whose
 // GOAWAY now names a stream id that no stream in flight is above.
 //
@@ -30,10 +32,13 @@ import (
 // golang.org/x/net through its own TLSNextProto functions, on an h2Conn:
 // a net.Conn that follows the frames both ways as they pass and adds the
 // first step's two frames between two frames of the server, under the lock
-// that orders all writes. The server never learns of them: GOAWAY and PING
-// carry no header block (HPACK state is untouched), the server has not sent
-// GOAWAY itself (it would refuse streams), and it ignores a PING ACK whose
-// data it did not send (processPing in x/net's server.go).
+// that orders all writes (the server's writes go through a 4 KB buffer
+// whose flushes may end mid-frame, from more than one goroutine). The
+// server never learns of them: GOAWAY and PING carry no header block (HPACK
+// state is untouched), they go only before any GOAWAY of the server's (a
+// GOAWAY may not raise the last stream id of an earlier one), and the
+// server ignores a PING ACK whose data it did not send (processPing in
+// x/net's server.go).
 
 // h2Conn is an HTTP/2 server connection that can add the first step of the
 // two-step close to what the server writes, and watches what the client
