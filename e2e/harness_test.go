@@ -60,11 +60,20 @@ func testMain(m *testing.M) int {
 }
 
 // build compiles ./cmd/server with version v, with -race when this suite
-// runs with -race.
+// runs with -race. E2E_BUILD_TAGS adds build tags to every version, to run
+// the suite against a variant (handoff_h2onestep: HTTP/2 connections end
+// with net/http's single GOAWAY).
 func build(v, out string) error {
 	args := []string{"build", "-o", out, "-ldflags", "-X main.version=" + v}
+	var tags []string
 	if v == vFaults {
-		args = append(args, "-tags", "handoff_faults")
+		tags = append(tags, "handoff_faults")
+	}
+	if extra := os.Getenv("E2E_BUILD_TAGS"); extra != "" {
+		tags = append(tags, extra)
+	}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
 	}
 	if raceEnabled {
 		args = append(args, "-race")

@@ -51,6 +51,7 @@ type trackedConn struct {
 	state     http.ConnState
 	since     time.Time // when state last changed
 	h2        bool
+	h2w       *h2Conn   // the HTTP/2 connection over it, for the two-step close; nil for others
 	reaping   bool      // the drain half-closed it
 	reapedAt  time.Time // when it did
 	untracked bool
@@ -151,6 +152,12 @@ func (t *tracker) remove(c *trackedConn) {
 			t.closed.Idle++
 		case c.h2:
 			t.closed.HTTP2++
+			if c.h2w != nil {
+				if ended, between := c.h2w.twoStep(); ended {
+					t.closed.HTTP2TwoStep++
+					t.closed.StreamsBetweenGoaways += between
+				}
+			}
 		case c.state == http.StateHijacked:
 			t.closed.Hijacked++
 		case c.state == http.StateActive:
@@ -239,7 +246,9 @@ func (t *tracker) responseStarts(c *trackedConn, closes bool) (closeConn bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.draining {
-		return true
+		// The two-step close ends an HTTP/2 connection; net/http would turn
+		// Connection: close into its own single GOAWAY at once.
+		return c == nil || c.h2w == nil
 	}
 	if c != nil && !closes {
 		c.openResponse = true

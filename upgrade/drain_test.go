@@ -28,6 +28,16 @@ type inProcess struct {
 // Upgrader, and stops it when the test ends.
 func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler, setup ...func(*upgrade.Upgrader)) *inProcess {
 	t.Helper()
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return startHTTP(t, opts, &http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 5 * time.Second}, setup...)
+}
+
+// startHTTP serves srv on a loopback port through a standalone Upgrader,
+// and stops it when the test ends.
+func startHTTP(t *testing.T, opts upgrade.Options, srv *http.Server, setup ...func(*upgrade.Upgrader)) *inProcess {
+	t.Helper()
 	opts.Standalone = true
 	opts.IgnoreSignals = true
 	opts.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
@@ -39,10 +49,7 @@ func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler, setup ..
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	u.Serve(ln, upgrade.HTTP(&http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 5 * time.Second}), nil)
+	u.Serve(ln, upgrade.HTTP(srv), nil)
 	for _, f := range setup {
 		f(u)
 	}

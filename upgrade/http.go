@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -34,8 +35,13 @@ type httpServer struct {
 // srv.ConnContext so that the drain can track every connection and end
 // each one cleanly: an HTTP/1 connection after a response that carries
 // Connection: close, or once idle for longer than Options.IdleGrace; an
-// HTTP/2 connection with GOAWAY. When srv.TLSConfig is set it serves TLS
-// (with HTTP/2) using its certificates. Use srv with one Upgrader only.
+// HTTP/2 connection with the two-step GOAWAY of RFC 9113 §6.8, so that no
+// stream in flight is refused. For that it serves HTTP/2 (over TLS, and
+// h2c when srv.Protocols enables it) through golang.org/x/net/http2's
+// server, with srv's settings, from functions it puts in srv.TLSNextProto;
+// a srv whose TLSNextProto already has "h2" keeps its own HTTP/2 server and
+// net/http's single GOAWAY. When srv.TLSConfig is set it serves TLS (with
+// HTTP/2) using its certificates. Use srv with one Upgrader only.
 func HTTP(srv *http.Server) Server {
 	return &httpServer{srv: srv}
 }
@@ -46,6 +52,9 @@ func (s *httpServer) hook(hooks serverHooks) {
 	srv := s.srv
 	prevState := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		if w, ok := c.(interface{ origConn() net.Conn }); ok {
+			c = w.origConn() // an HTTP/2 connection of the two-step close
+		}
 		s.t.connState(c, st)
 		if prevState != nil {
 			prevState(c, st)
@@ -67,7 +76,11 @@ func (s *httpServer) hook(hooks serverHooks) {
 
 func (s *httpServer) Serve(ln net.Listener) error {
 	tl := &trackedListener{Listener: ln, t: s.t}
-	if s.srv.TLSConfig != nil {
+	useTLS := s.srv.TLSConfig != nil
+	if err := s.configureHTTP2(useTLS); err != nil {
+		return fmt.Errorf("configure HTTP/2: %w", err)
+	}
+	if useTLS {
 		return s.srv.ServeTLS(tl, "", "")
 	}
 	return s.srv.Serve(tl)
@@ -80,8 +93,12 @@ func (s *httpServer) Stats() ServerStats {
 func (s *httpServer) beginDrain() {
 	s.t.mu.Lock()
 	s.t.draining = true
+	h2 := s.t.http2Conns()
 	s.t.mu.Unlock()
 	s.draining.Store(true)
+	for _, w := range h2 {
+		w.goAway()
+	}
 }
 
 func (s *httpServer) drainRequests() int64 { return s.drainReqs.Load() }
@@ -156,14 +173,22 @@ func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // (the response carries Connection: close). Idle ones are left alone while
 // they went idle less than the idle grace ago, since a request may be on its
 // way; the rest are half-closed at moments spread over the close spread, so
-// a crowd of clients does not reconnect at once. Only when no idle HTTP/1
-// connection remains is http.Server.Shutdown called: it would close idle
-// connections at once, under a client that may be writing to them, but now
-// it only sends GOAWAY to HTTP/2 connections and waits for the busy ones.
+// a crowd of clients does not reconnect at once. HTTP/2 connections got
+// the first step of the two-step close when the drain began (h2conn.go).
+// Only when no idle HTTP/1 connection remains, and every HTTP/2 client
+// acknowledged the PING of the first step (or the GoAwayAckTimeout
+// passed), is http.Server.Shutdown called: it would close idle connections
+// at once, under a client that may be writing to them, but now it only
+// sends HTTP/2 connections their final GOAWAY and waits for the busy ones.
 func (s *httpServer) Drain(ctx context.Context) CloseCounts {
 	start := time.Now()
 	grace, spread := s.hooks.idleGrace, s.hooks.closeSpread
-	if s.waitWhile(ctx, func() bool { return s.reapIdle(time.Now(), start, grace, spread) }) {
+	unsettled := func() bool {
+		now := time.Now()
+		busy := s.reapIdle(now, start, grace, spread)
+		return s.t.awaitingAck(now, s.hooks.ackWait) || busy
+	}
+	if s.waitWhile(ctx, unsettled) {
 		if err := s.srv.Shutdown(ctx); err != nil {
 			s.force()
 		} else {

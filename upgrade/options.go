@@ -18,6 +18,9 @@ const (
 	DefaultCleanupTimeout = 10 * time.Second
 	// DefaultHandOverTimeout bounds Options.HandOver.
 	DefaultHandOverTimeout = 10 * time.Second
+
+	// DefaultGoAwayAckTimeout is Options.GoAwayAckTimeout's default.
+	DefaultGoAwayAckTimeout = time.Second
 )
 
 // Errors an upgrade or a stop can end with. Match them with errors.Is.
@@ -71,6 +74,13 @@ type Options struct {
 	// CloseSpread is the window over which a drain spreads the closing of
 	// idle connections. Zero means DefaultCloseSpread.
 	CloseSpread time.Duration
+	// GoAwayAckTimeout bounds how long a drain waits for an HTTP/2 client
+	// to acknowledge the PING it sent with the first GOAWAY of the two-step
+	// close (RFC 9113 §6.8) before it sends the final GOAWAY; the drain
+	// timeout bounds it too. Streams the client opened before it read the
+	// first GOAWAY are served if they arrive within it. Zero means
+	// DefaultGoAwayAckTimeout.
+	GoAwayAckTimeout time.Duration
 	// CleanupTimeout bounds each cleanup hook. Zero means DefaultCleanupTimeout.
 	CleanupTimeout time.Duration
 	// Probation, when set, makes a new generation serve live traffic beside
@@ -108,6 +118,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"UpgradeTimeout", o.UpgradeTimeout}, {"DrainTimeout", o.DrainTimeout},
 		{"ShutdownDelay", o.ShutdownDelay}, {"IdleGrace", o.IdleGrace},
 		{"CloseSpread", o.CloseSpread}, {"CleanupTimeout", o.CleanupTimeout},
+		{"GoAwayAckTimeout", o.GoAwayAckTimeout},
 		{"Probation", o.Probation},
 	} {
 		if d.v < 0 {
@@ -125,6 +136,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.CloseSpread == 0 {
 		o.CloseSpread = DefaultCloseSpread
+	}
+	if o.GoAwayAckTimeout == 0 {
+		o.GoAwayAckTimeout = DefaultGoAwayAckTimeout
 	}
 	if o.CleanupTimeout == 0 {
 		o.CleanupTimeout = DefaultCleanupTimeout

@@ -85,6 +85,7 @@ type serverHooks struct {
 	log         zerolog.Logger
 	idleGrace   time.Duration
 	closeSpread time.Duration
+	ackWait     time.Duration // bounds the wait for an HTTP/2 client's PING ACK
 	draining    <-chan struct{}
 	logConns    bool
 }
@@ -132,6 +133,7 @@ func (u *Upgrader) register(sv *serving, o *ServeOptions) error {
 			log:         u.log.With().Str("server", sv.name).Logger(),
 			idleGrace:   u.opts.IdleGrace,
 			closeSpread: u.opts.CloseSpread,
+			ackWait:     u.opts.GoAwayAckTimeout,
 			draining:    u.drainingC,
 			logConns:    u.opts.LogConnections,
 		})
