@@ -26,7 +26,10 @@ func TestBadDeploys(t *testing.T) {
 	goodConf := fmt.Sprintf("# handoff e2e\naddr = %q\ndrain-timeout = \"10s\"\n", addr)
 	os.WriteFile(conf, []byte(goodConf), 0o600)
 	s := start(t, startOptions{dir: dir, addr: addr, addrInConfig: true,
-		args: []string{"-config", "handoff.toml", "-upgrade-timeout", "3s"}})
+		// Long enough for a good start-up on a loaded machine with -race
+		// (it checks the database and warms the cache), short enough for
+		// the hanging build's two attempts.
+		args: []string{"-config", "handoff.toml", "-upgrade-timeout", "8s"}})
 	busy, err := net.Listen("tcp", "127.0.0.1:0") // a port the new generation cannot have
 	if err != nil {
 		t.Fatal(err)

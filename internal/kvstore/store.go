@@ -310,7 +310,11 @@ func (s *Store) Close(ctx context.Context) error {
 	s.closed = true
 	start := time.Now()
 	var busy, walFrames, checkpointed int
-	cerr := s.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &walFrames, &checkpointed)
+	// PASSIVE: a checkpoint that waited for writers (FULL, TRUNCATE) would
+	// hold off, for as long as it runs, the writes of the generation that
+	// took over, which then time out as busy. At a full stop this is the
+	// last connection, and closing it folds the WAL in and removes it.
+	cerr := s.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &walFrames, &checkpointed)
 	if cerr != nil {
 		cerr = fmt.Errorf("checkpoint: %w", cerr)
 	} else {
