@@ -204,7 +204,7 @@ func (r *runner) startServer(name string) {
 	}
 	r.srv = cmd
 	r.done = make(chan struct{})
-	go func() { cmd.Wait(); close(r.done) }() // ends when the shell exits
+	go func() { cmd.Wait(); close(r.done) }()   // ends when the shell exits
 	deadline := time.Now().Add(5 * time.Minute) // the first build compiles SQLite
 	for !r.serverUp() {
 		select {
