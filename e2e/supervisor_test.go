@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -797,5 +798,67 @@ func TestReadyzStaysGreenAcrossConfigReload(t *testing.T) {
 	}
 	if n := tl.failures(); n > 0 {
 		t.Errorf("%d requests failed, want 0: %v", n, tl.examples)
+	}
+}
+
+// In chain mode too, every generation logs in the console format the
+// first one chose for the terminal, although its own stderr is a pipe
+// through the previous generation until it is ready (issue: the log
+// switched to JSON after the first upgrade).
+func TestChainKeepsConsoleLogsInTerminal(t *testing.T) {
+	dir := shortTempDir(t)
+	installBinary(t, binary(v1), filepath.Join(dir, "server"))
+	addr := freeAddr(t)
+	term := startShell(t, dir)
+	term.waitFor(t, "$ ", "the first prompt")
+	cmdLine := "./server -addr " + addr
+	mark := term.mark()
+	term.write(t, cmdLine+"\n")
+	s := &server{t: t, dir: dir, bin: filepath.Join(dir, "server"), addr: addr}
+	poll(t, 2*time.Minute, "the server started in the terminal answering", func() error {
+		resp, err := pollClient().Get(s.url("/"))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	for want := 2; want <= 3; want++ {
+		if gen, _ := s.ctlUpgrade(); gen != want {
+			t.Fatalf("server ctl upgrade in the terminal: generation %d, want %d", gen, want)
+		}
+	}
+	if _, errOut, st := s.ctl("shutdown"); st != 0 {
+		t.Fatalf("ctl shutdown: %d: %s", st, errOut)
+	}
+	term.waitFor(t, "exit", "the last generation's exit")
+	poll(t, time.Minute, "the port to close", func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return errors.New("still accepting")
+		}
+		return nil
+	})
+	gens := map[string]int{}
+	for _, line := range strings.Split(term.since(mark), "\n") {
+		line = strings.TrimRight(ansi.ReplaceAllString(line, ""), "\r")
+		line = strings.TrimPrefix(line, "$ ")
+		switch {
+		case strings.HasPrefix(strings.TrimSpace(line), "{"):
+			t.Errorf("a JSON line in the terminal: %s", line)
+		case consoleLine.MatchString(line):
+			if m := genField.FindStringSubmatch(line); m != nil {
+				gens[m[1]]++
+			}
+		}
+	}
+	for _, g := range []string{"1", "2", "3"} {
+		if gens[g] == 0 {
+			t.Errorf("no console log line of generation %s reached the terminal (lines by generation: %v)", g, gens)
+		}
+	}
+	if t.Failed() {
+		t.Logf("the terminal showed:\n%s", term.since(0))
 	}
 }
