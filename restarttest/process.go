@@ -45,8 +45,15 @@ type proc struct {
 	start     uint64 // start time in clock ticks after boot: tells a reused pid apart
 	Seen      time.Duration
 	Listening bool          // holds the listening socket now
-	Listened  time.Duration // when first seen holding it; -1 if never
+	Listened  time.Duration // when first seen holding it; -1 if never (or only once)
 	alive     bool
+	// firstHeld is when it was first seen holding the socket, and held
+	// how many scans in a row it has held it. A process counts as one
+	// that listened only after two scans: between fork and exec a child
+	// holds its parent's sockets for a moment, and would count as a
+	// generation of its own.
+	firstHeld time.Duration
+	held      int
 }
 
 // procStat is what the kit reads of /proc/PID/stat.
@@ -149,8 +156,16 @@ func (pt *procTable) scan() {
 			continue
 		}
 		p.Listening = holdsAny(p.PID, listen)
-		if p.Listening && p.Listened < 0 {
-			p.Listened = now
+		switch {
+		case !p.Listening:
+			p.held = 0
+		case p.held == 0:
+			p.held, p.firstHeld = 1, now
+		default:
+			p.held++
+		}
+		if p.held >= 2 && p.Listened < 0 {
+			p.Listened = p.firstHeld
 		}
 	}
 }

@@ -150,14 +150,15 @@ func (c *h2Conn) inject() error {
 	_ = fr.WriteGoAway(1<<31-1, http2.ErrCodeNo, nil) // writes to a bytes.Buffer do not fail
 	_ = fr.WritePing(false, c.ping)
 	c.done = true
-	if _, err := c.Conn.Write(b.Bytes()); err != nil {
-		return err
-	}
-	// The scanner does not see these frames: it follows the server's.
+	// Marked sent before the write: the client may answer (open a stream,
+	// acknowledge the PING) before Write returns here, and the reader must
+	// count what comes from then on. The scanner does not see these
+	// frames: it follows the server's.
 	c.mu.Lock()
 	c.sent = true
 	c.mu.Unlock()
-	return nil
+	_, err := c.Conn.Write(b.Bytes())
+	return err
 }
 
 // Write passes the server's bytes on. When the first step is due, it goes
