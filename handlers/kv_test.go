@@ -17,7 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/handoff-go/handoff/handlers"
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // fakeKV is an in-memory handlers.KV. A non-nil err fails every call.
@@ -85,7 +85,7 @@ func newKVApp(t testing.TB, kv handlers.KV) http.Handler {
 	return handlers.New(handlers.Options{
 		Info:      handlers.Info{Generation: 7},
 		Lifecycle: &fakeLifecycle{ready: true},
-		Logger:    zerolog.New(zerolog.NewTestWriter(t)),
+		Logger:    testkit.Logger(t),
 		KV:        kv,
 	})
 }
