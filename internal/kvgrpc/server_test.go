@@ -15,7 +15,7 @@ import (
 
 	"github.com/handoff-go/handoff/handlers"
 	"github.com/handoff-go/handoff/internal/kvgrpc"
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -101,7 +101,7 @@ func newService(t *testing.T) (*kvgrpc.Client, *memKV, func()) {
 	gs := grpc.NewServer(grpc.ForceServerCodecV2(kvgrpc.Codec()))
 	kvgrpc.Register(gs, kvgrpc.Options{
 		KV: kv, Draining: draining, PollInterval: 5 * time.Millisecond,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+		Logger: testkit.Logger(t),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
