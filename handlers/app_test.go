@@ -168,7 +168,7 @@ func TestRequestLogHoldsNoPath(t *testing.T) {
 			Info:      handlers.Info{Generation: 1},
 			Lifecycle: &fakeLifecycle{ready: true, draining: make(chan struct{})},
 			Logger:    zerolog.New(&buf).Level(zerolog.DebugLevel),
-			KV:        newFakeKV(),
+			KV:        testkit.NewMemKV(),
 		})
 		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(tt.method, tt.target, strings.NewReader("v")))
 		line := buf.String()

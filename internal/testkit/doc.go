@@ -12,6 +12,7 @@
 //     sockets and loopback addresses;
 //   - Logger and LogWriter: output to the test's log;
 //   - SelfSigned: a TLS certificate for 127.0.0.1;
+//   - MemKV: an in-memory store for the handlers and kvgrpc tests;
 //   - ErrorKind and NewConnClient: what load clients count and use.
 //
 // Rules: only tests import it (and the test program e2e/systemd/loadclient);
