@@ -152,13 +152,15 @@ type LogLine struct {
 	Raw    string
 }
 
-// ParseLogLine parses one line of a JSON log.
-func ParseLogLine(raw string) LogLine {
-	l := LogLine{Raw: raw}
-	if json.Unmarshal([]byte(raw), &l.Fields) != nil {
+// ParseLogLine parses one line of a JSON log; isJSON says whether it was
+// a JSON object.
+func ParseLogLine(raw string) (l LogLine, isJSON bool) {
+	l = LogLine{Raw: raw}
+	if json.Unmarshal([]byte(raw), &l.Fields) != nil || l.Fields == nil {
 		l.Fields = map[string]any{"message": raw, "level": "raw"}
+		return l, false
 	}
-	return l
+	return l, true
 }
 
 // Msg is the event's message.
@@ -195,7 +197,7 @@ func ReadLog(r io.ReadCloser, onLine func(LogLine)) *LogBook {
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			l := ParseLogLine(sc.Text())
+			l, _ := ParseLogLine(sc.Text())
 			if onLine != nil {
 				onLine(l)
 			}
