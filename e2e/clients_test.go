@@ -148,6 +148,13 @@ func waitAllKinds(t *testing.T, tl *tally, what string, kinds ...string) {
 	})
 }
 
+// spawn runs f(0) to f(n-1), each on its own goroutine, in wg.
+func spawn(wg *sync.WaitGroup, n int, f func(i int)) {
+	for i := range n {
+		wg.Go(func() { f(i) })
+	}
+}
+
 // loop runs one client until ctx ends, for at most n rounds and d time.
 func loop(ctx context.Context, n int, d time.Duration, round func()) {
 	deadline := time.Now().Add(d)

@@ -68,23 +68,18 @@ func testGRPCUnderRestarts(t *testing.T, dialOpts []grpc.DialOption) {
 	defer cancel()
 	tl := newTally()
 	var wg sync.WaitGroup
-	spawn := func(n int, f func(i int)) {
-		for i := range n {
-			wg.Go(func() { f(i) })
-		}
-	}
 	// Clients 0-11 keep one connection; 12-15 make a new one every few
 	// calls, so that connections also open while a generation drains.
 	var notServing atomic.Int64
-	spawn(16, func(i int) { grpcUnaryClient(ctx, dial, tl, i, i >= 12, &notServing) })
+	spawn(&wg, 16, func(i int) { grpcUnaryClient(ctx, dial, tl, i, i >= 12, &notServing) })
 	const prefix = "watch/"
 	w := &grpcWriter{prefix: prefix, state: map[string][]byte{}, halt: make(chan struct{}), halted: make(chan struct{})}
-	spawn(1, func(int) { w.run(ctx, dial, tl) })
+	spawn(&wg, 1, func(int) { w.run(ctx, dial, tl) })
 	watchers := make([]*grpcWatcher, 4)
 	for i := range watchers {
 		watchers[i] = &grpcWatcher{prefix: prefix}
 	}
-	spawn(len(watchers), func(i int) { watchers[i].run(ctx, dial, tl) })
+	spawn(&wg, len(watchers), func(i int) { watchers[i].run(ctx, dial, tl) })
 
 	kinds := []string{"grpc-health", "grpc-kv", "grpc-writer", "grpc-watch"}
 	waitAllKinds(t, tl, "every gRPC client kind served before the upgrades", kinds...)

@@ -30,14 +30,9 @@ func TestLossUnderRestarts(t *testing.T) {
 	defer cancel()
 	tl := newTally()
 	var wg sync.WaitGroup
-	spawn := func(n int, f func(i int)) {
-		for i := range n {
-			wg.Go(func() { f(i) })
-		}
-	}
-	spawn(2, func(int) { h2Client(ctx, s.addr, tl, 3) })
-	spawn(2, func(int) { sseClient(ctx, s.addr, tl) })
-	spawn(2, func(i int) { wsClient(ctx, s.addr, tl, uint64(i)) })
+	spawn(&wg, 2, func(int) { h2Client(ctx, s.addr, tl, 3) })
+	spawn(&wg, 2, func(int) { sseClient(ctx, s.addr, tl) })
+	spawn(&wg, 2, func(i int) { wsClient(ctx, s.addr, tl, uint64(i)) })
 	kinds := []string{"h2c", "sse", "websocket"}
 
 	// The kit's clients: 6 on kept-alive connections, 4 more sending
