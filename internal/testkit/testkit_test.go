@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -116,5 +117,21 @@ func TestStartAndConn(t *testing.T) {
 	}
 	if k := testkit.ErrorKind(fmt.Errorf("dial: %w", syscall.ECONNREFUSED)); k != "refused" {
 		t.Errorf("ErrorKind(refused) = %q", k)
+	}
+}
+
+// The package's rule: no shipped binary links it. Only tests import it,
+// and the test program e2e/systemd/loadclient.
+func TestNoShippedBinaryLinksTestkit(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", "./cmd/...", "./scripts/...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if p == "github.com/handoff-go/handoff/internal/testkit" {
+			t.Errorf("a command under cmd/ or scripts/ links %s (go list -deps ./cmd/... ./scripts/...)", p)
+		}
 	}
 }
