@@ -104,7 +104,8 @@ func (b *Book[T]) Await(timeout time.Duration, match func(T) bool) (T, error) {
 		b.mu.Lock()
 		b.init()
 		fresh := b.entries[seen:]
-		changed, done, why := b.changed, b.done, b.why
+		changed := b.changed
+		why := b.why // set once closed; no entry comes after it
 		b.mu.Unlock()
 		for _, e := range fresh {
 			if match(e) {
@@ -112,20 +113,12 @@ func (b *Book[T]) Await(timeout time.Duration, match func(T) bool) (T, error) {
 			}
 		}
 		seen += len(fresh)
-		select {
-		case <-done:
-			// Entries added before Close were in fresh, or are now.
-			for _, e := range b.All()[seen:] {
-				if match(e) {
-					return e, nil
-				}
-			}
+		if why != nil {
 			var zero T
 			return zero, why
-		default:
 		}
 		select {
-		case <-changed:
+		case <-changed: // a new entry, or Close
 		case <-timer.C:
 			var zero T
 			return zero, fmt.Errorf("not seen within %v", timeout)

@@ -8,9 +8,9 @@ import (
 // pollInterval is how long Wait pauses between tries.
 const pollInterval = 10 * time.Millisecond
 
-// Wait calls try until it returns nil or maxWait has passed, and returns
-// try's last error: nil once it succeeded. try runs at least once, and
-// once more after the deadline only if it was still failing before it.
+// Wait calls try, pausing 10 ms between calls, until it returns nil or
+// maxWait has passed, and returns try's last error: nil once it succeeded.
+// try runs at least once.
 func Wait(maxWait time.Duration, try func() error) error {
 	deadline := time.Now().Add(maxWait)
 	for {
