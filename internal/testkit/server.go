@@ -15,8 +15,6 @@ import (
 type Server struct {
 	Upgrader *upgrade.Upgrader
 	Addr     string // host:port it listens on
-
-	runDone chan struct{} // closed when Upgrader.Run has returned
 }
 
 // Start runs the server that newServer returns for u, the new Upgrader:
@@ -48,22 +46,22 @@ func Start(t testing.TB, opts upgrade.Options, newServer func(u *upgrade.Upgrade
 	if err := u.Ready(); err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Upgrader: u, Addr: ln.Addr().String(), runDone: make(chan struct{})}
+	runDone := make(chan struct{})
 	go func() { // ends when the generation has stopped
 		u.Run(context.Background())
-		close(s.runDone)
+		close(runDone)
 	}()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		u.Shutdown(ctx)
 		select {
-		case <-s.runDone:
+		case <-runDone:
 		case <-time.After(time.Minute):
 			t.Errorf("Upgrader.Run did not return within a minute of Shutdown: a goroutine of the server is stuck")
 		}
 	})
-	return s
+	return &Server{Upgrader: u, Addr: ln.Addr().String()}
 }
 
 // StartHTTP is Start for an HTTP handler, served by HTTPServer(h).
