@@ -3,13 +3,14 @@ package e2e
 import (
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // failedEvent is the message of the Warn event of a failed upgrade.
@@ -20,9 +21,9 @@ const failedEvent = "upgrade failed: old generation keeps serving"
 // the old generation serves on under the same generation number, a Warn
 // event names the cause, and then a good upgrade succeeds.
 func TestBadDeploys(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	conf := filepath.Join(dir, "handoff.toml")
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	goodConf := fmt.Sprintf("# handoff e2e\naddr = %q\ndrain-timeout = \"10s\"\n", addr)
 	os.WriteFile(conf, []byte(goodConf), 0o600)
 	s := start(t, startOptions{dir: dir, addr: addr, addrInConfig: true,
@@ -78,13 +79,13 @@ func TestBadDeploys(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			pid := s.waitReady(gen)
 			tc.deploy()
-			before := len(s.logs.find(func(l logLine) bool { return l.msg() == failedEvent }))
+			before := len(s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == failedEvent }))
 			stop, tl := backgroundLoad(s.addr)
 			// The load spans the attempt: 200 requests before it, 200 after.
 			waitRequests(t, tl, 200)
 			s.signal(pid, syscall.SIGHUP)
-			ev := s.logs.wait(t, time.Minute, "the upgrade to fail", func(l logLine) bool {
-				return l.msg() == failedEvent && l.int("pid") == pid
+			ev := s.logs.Wait(t, time.Minute, "the upgrade to fail", func(l testkit.LogLine) bool {
+				return l.Msg() == failedEvent && l.Int("pid") == pid
 			})
 			// The same through the control API: ctl upgrade fails and says why.
 			out, errOut, st := s.ctl("upgrade")
@@ -98,26 +99,26 @@ func TestBadDeploys(t *testing.T) {
 			}
 			waitRequests(t, tl, total(tl)+200)
 			stop()
-			if n := len(s.logs.find(func(l logLine) bool { return l.msg() == failedEvent })); n != before+2 {
+			if n := len(s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == failedEvent })); n != before+2 {
 				t.Errorf("%d upgrade failures logged for two attempts", n-before)
 			}
-			if ev.str("level") != "warn" {
-				t.Errorf("failed upgrade logged at %q, want warn", ev.str("level"))
+			if ev.Str("level") != "warn" {
+				t.Errorf("failed upgrade logged at %q, want warn", ev.Str("level"))
 			}
 			for _, want := range tc.cause {
-				if !strings.Contains(ev.raw, want) {
-					t.Errorf("failed upgrade event does not say %q: %s", want, ev.raw)
+				if !strings.Contains(ev.Raw, want) {
+					t.Errorf("failed upgrade event does not say %q: %s", want, ev.Raw)
 				}
 			}
-			if tc.timeout && ev.fields["timed_out"] != true {
-				t.Errorf("failed upgrade event: timed_out = %v, want true", ev.fields["timed_out"])
+			if tc.timeout && ev.Fields["timed_out"] != true {
+				t.Errorf("failed upgrade event: timed_out = %v, want true", ev.Fields["timed_out"])
 			}
 			t.Logf("%s: %d requests during the attempts, %d failed; cause logged: %s; server ctl upgrade: %s",
-				tc.name, total(tl), tl.failures(), ev.str("error"), strings.TrimSpace(errOut))
+				tc.name, total(tl), tl.failures(), ev.Str("error"), strings.TrimSpace(errOut))
 			if tl.failures() != 0 {
 				t.Errorf("%d requests failed during the bad upgrade, want 0: %v", tl.failures(), tl.examples)
 			}
-			info, _ := getRoot(t, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, s.url("/"))
+			info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 			if info.Generation != gen || info.PID != pid {
 				t.Errorf("after the failed upgrade generation %d pid %d serves, want %d %d", info.Generation, info.PID, gen, pid)
 			}
@@ -134,7 +135,7 @@ func TestBadDeploys(t *testing.T) {
 // waitRequests waits until the load has sent n requests.
 func waitRequests(t *testing.T, tl *tally, n int) {
 	t.Helper()
-	poll(t, time.Minute, fmt.Sprintf("%d requests of load", n), func() error {
+	testkit.WaitFor(t, time.Minute, fmt.Sprintf("%d requests of load", n), func() error {
 		if got := total(tl); got < n {
 			return fmt.Errorf("%d so far", got)
 		}

@@ -14,9 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // Load clients for the loss test. Each one counts every outcome in a tally
@@ -128,6 +130,31 @@ func (t *tally) String() string {
 	return b.String()
 }
 
+// waitAllKinds waits until every client kind in kinds has succeeded once
+// more than it had when called.
+func waitAllKinds(t *testing.T, tl *tally, what string, kinds ...string) {
+	t.Helper()
+	base := map[string]int{}
+	for _, k := range kinds {
+		base[k] = tl.okCount(k)
+	}
+	testkit.WaitFor(t, time.Minute, what, func() error {
+		for _, k := range kinds {
+			if tl.okCount(k) <= base[k] {
+				return fmt.Errorf("no %s success yet", k)
+			}
+		}
+		return nil
+	})
+}
+
+// spawn runs f(0) to f(n-1), each on its own goroutine, in wg.
+func spawn(wg *sync.WaitGroup, n int, f func(i int)) {
+	for i := range n {
+		wg.Go(func() { f(i) })
+	}
+}
+
 // loop runs one client until ctx ends, for at most n rounds and d time.
 func loop(ctx context.Context, n int, d time.Duration, round func()) {
 	deadline := time.Now().Add(d)
@@ -136,45 +163,12 @@ func loop(ctx context.Context, n int, d time.Duration, round func()) {
 	}
 }
 
-// conn1 is an HTTP/1.1 connection the client owns: it writes each request
-// itself and reads the answer, so nothing is retried behind its back.
-type conn1 struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func dial1(addr string) (*conn1, error) {
-	c, err := net.DialTimeout("tcp", addr, requestTimeout)
-	if err != nil {
-		return nil, err
-	}
-	return &conn1{Conn: c, r: bufio.NewReader(c)}, nil
-}
-
-// do sends req and reads the whole answer.
-func (c *conn1) do(req *http.Request) (*http.Response, []byte, error) {
-	c.SetDeadline(time.Now().Add(requestTimeout))
-	if err := req.Write(c); err != nil {
-		return nil, nil, fmt.Errorf("write: %w", err)
-	}
-	resp, err := http.ReadResponse(c.r, req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read: %w", err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return nil, nil, fmt.Errorf("read body: %w", err)
-	}
-	return resp, body, nil
-}
-
 // keepAliveClient sends requests on one connection for as long as the
 // server keeps it, 30% of them POST /echo with a body it checks.
 func keepAliveClient(ctx context.Context, addr string, t *tally, seed uint64) {
 	const kind = "h1-keepalive"
 	rng := rand.New(rand.NewPCG(seed, 1))
-	var c *conn1
+	var c *testkit.Conn
 	defer func() {
 		if c != nil {
 			c.Close()
@@ -183,8 +177,8 @@ func keepAliveClient(ctx context.Context, addr string, t *tally, seed uint64) {
 	loop(ctx, 1_000_000, 5*time.Minute, func() {
 		if c == nil {
 			var err error
-			if c, err = dial1(addr); err != nil {
-				t.fail(kind, errorKind(err), err)
+			if c, err = testkit.DialTimeout(addr, requestTimeout); err != nil {
+				t.fail(kind, testkit.ErrorKind(err), err)
 				return
 			}
 		}
@@ -199,10 +193,10 @@ func keepAliveClient(ctx context.Context, addr string, t *tally, seed uint64) {
 		} else {
 			req, _ = http.NewRequest("GET", "http://"+addr+"/", nil)
 		}
-		resp, body, err := c.do(req)
+		resp, body, err := c.Do(req)
 		switch {
 		case err != nil:
-			t.failOn(kind, errorKind(err), err, c)
+			t.failOn(kind, testkit.ErrorKind(err), err, c)
 			c.Close()
 			c = nil
 			return
@@ -224,18 +218,18 @@ func keepAliveClient(ctx context.Context, addr string, t *tally, seed uint64) {
 func newConnClient(ctx context.Context, addr string, t *tally) {
 	const kind = "h1-newconn"
 	loop(ctx, 1_000_000, 5*time.Minute, func() {
-		c, err := dial1(addr)
+		c, err := testkit.DialTimeout(addr, requestTimeout)
 		if err != nil {
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			return
 		}
 		defer c.Close()
 		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 		req.Close = true
-		resp, _, err := c.do(req)
+		resp, _, err := c.Do(req)
 		switch {
 		case err != nil:
-			t.failOn(kind, errorKind(err), err, c)
+			t.failOn(kind, testkit.ErrorKind(err), err, c)
 		case resp.StatusCode != http.StatusOK:
 			t.fail(kind, "status "+strconv.Itoa(resp.StatusCode), nil)
 		default:
@@ -270,14 +264,14 @@ func h2Client(ctx context.Context, addr string, t *tally, streams int) {
 					resp, err = c.Get("http://" + addr + "/")
 				}
 				if err != nil {
-					t.fail(kind, errorKind(err), err)
+					t.fail(kind, testkit.ErrorKind(err), err)
 					return
 				}
 				body, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				switch {
 				case err != nil:
-					t.fail(kind, "body "+errorKind(err), err)
+					t.fail(kind, "body "+testkit.ErrorKind(err), err)
 				case resp.ProtoMajor != 2:
 					t.fail(kind, "not HTTP/2", errors.New(resp.Proto))
 				case resp.StatusCode != http.StatusOK:
@@ -300,9 +294,9 @@ func sseClient(ctx context.Context, addr string, t *tally) {
 	const kind = "sse"
 	last := int64(-1)
 	loop(ctx, 10_000, 5*time.Minute, func() {
-		c, err := dial1(addr)
+		c, err := testkit.DialTimeout(addr, requestTimeout)
 		if err != nil {
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			return
 		}
 		defer c.Close()
@@ -314,12 +308,12 @@ func sseClient(ctx context.Context, addr string, t *tally) {
 		}
 		c.SetDeadline(time.Now().Add(requestTimeout))
 		if err := req.Write(c); err != nil {
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			return
 		}
-		resp, err := http.ReadResponse(c.r, req)
+		resp, err := http.ReadResponse(c.Reader, req)
 		if err != nil {
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			return
 		}
 		defer resp.Body.Close()
@@ -389,7 +383,7 @@ func wsClient(ctx context.Context, addr string, t *tally, seed uint64) {
 			c, _, err = websocket.Dial(dctx, "ws://"+addr+"/ws", nil)
 			cancel()
 			if err != nil {
-				t.fail(kind, errorKind(err), err)
+				t.fail(kind, testkit.ErrorKind(err), err)
 				c = nil
 				return
 			}
@@ -411,7 +405,7 @@ func wsClient(ctx context.Context, addr string, t *tally, seed uint64) {
 				t.resumed(kind)
 				return // reconnect and send pending again
 			}
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			pending = nil
 			return
 		}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // ctl runs `server ctl ARGS` from the server's directory, as the server's
@@ -155,7 +157,7 @@ func TestControlSecurity(t *testing.T) {
 		// A binary and token the other user can read, outside the server's
 		// private data directory.
 		other := &syscall.Credential{Uid: 65534, Gid: 65534}
-		pubDir := shortTempDir(t)
+		pubDir := testkit.ShortTempDir(t)
 		os.Chmod(pubDir, 0o755)
 		installBinary(t, binary(v1), filepath.Join(pubDir, "server"))
 		os.WriteFile(filepath.Join(pubDir, "token"), []byte(tok), 0o644)
@@ -182,7 +184,7 @@ func TestControlSecurity(t *testing.T) {
 		t.Errorf("GET /status after the refusals = %d, want 200", got)
 	}
 	getRoot(t, pub, s.url("/"))
-	if n := len(s.logs.find(func(l logLine) bool { return strings.Contains(l.raw, tok) })); n != 0 {
+	if n := len(s.logs.Find(func(l testkit.LogLine) bool { return strings.Contains(l.Raw, tok) })); n != 0 {
 		t.Errorf("the token appears in %d log lines", n)
 	}
 }
@@ -190,9 +192,9 @@ func TestControlSecurity(t *testing.T) {
 // A control address that is not loopback is refused at start, unless
 // explicitly allowed; a loopback TCP address works with ctl.
 func TestControlAddr(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	installBinary(t, binary(v1), filepath.Join(dir, "server"))
-	cmd := exec.Command("./server", "-addr", freeAddr(t), "-control-addr", "0.0.0.0:0", "-log-format", "json")
+	cmd := exec.Command("./server", "-addr", testkit.FreeAddr(t), "-control-addr", "0.0.0.0:0", "-log-format", "json")
 	cmd.Dir = dir
 	cmd.Env = baseEnv()
 	out, err := cmd.CombinedOutput()
@@ -201,7 +203,7 @@ func TestControlAddr(t *testing.T) {
 		t.Errorf("start with -control-addr 0.0.0.0:0: %v, %q; want exit status 2 naming -control-addr and loopback", err, out)
 	}
 
-	caddr := freeAddr(t)
+	caddr := testkit.FreeAddr(t)
 	s := start(t, startOptions{args: []string{"-control-addr", caddr}})
 	out2, errOut, st := s.ctl("status", "-control-addr", caddr)
 	if st != 0 || !strings.Contains(out2, "generation 1") {
@@ -215,7 +217,7 @@ func TestControlAddr(t *testing.T) {
 // A socket file left by a crashed run is replaced; one a live server
 // accepts on is not taken over.
 func TestStaleControlSocket(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	data := filepath.Join(dir, "data")
 	os.MkdirAll(data, 0o700)
 	ln, err := net.Listen("unix", filepath.Join(data, "control.sock"))
@@ -231,7 +233,7 @@ func TestStaleControlSocket(t *testing.T) {
 	}
 
 	// A second server on the same data directory must not steal it.
-	cmd := exec.Command("./server", "-addr", freeAddr(t), "-log-format", "json")
+	cmd := exec.Command("./server", "-addr", testkit.FreeAddr(t), "-log-format", "json")
 	cmd.Dir = dir
 	cmd.Env = baseEnv()
 	out, err := cmd.CombinedOutput()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,7 +24,7 @@ import (
 // names the path and what to do.
 func TestStartRefusesUntrustedDataDir(t *testing.T) {
 	// A data directory a server used: a database of 300 keys, a token.
-	seed := shortTempDir(t)
+	seed := testkit.ShortTempDir(t)
 	s := start(t, startOptions{dir: seed})
 	c := &http.Client{Timeout: 10 * time.Second}
 	for i := range 300 {
@@ -90,7 +91,7 @@ func TestStartRefusesUntrustedDataDir(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dir := shortTempDir(t)
+			dir := testkit.ShortTempDir(t)
 			data := filepath.Join(dir, "data")
 			copyDir(t, filepath.Join(seed, "data"), data)
 			tt.change(t, data)
@@ -113,13 +114,13 @@ func TestStartRefusesUntrustedDataDir(t *testing.T) {
 func startFails(t *testing.T, dir string) (int, string) {
 	t.Helper()
 	s := start(t, startOptions{dir: dir, noWait: true})
-	l := s.logs.wait(t, 2*time.Minute, "the server's ready event or start-up error", func(l logLine) bool {
-		return l.msg() == "ready" || strings.HasPrefix(l.raw, "server: ")
+	l := s.logs.Wait(t, 2*time.Minute, "the server's ready event or start-up error", func(l testkit.LogLine) bool {
+		return l.Msg() == "ready" || strings.HasPrefix(l.Raw, "server: ")
 	})
-	if l.msg() == "ready" {
+	if l.Msg() == "ready" {
 		t.Fatalf("the server started and reported ready")
 	}
-	return s.waitExit(s.cmd.Process.Pid, time.Minute), l.raw
+	return s.waitExit(s.cmd.Process.Pid, time.Minute), l.Raw
 }
 
 // copyDir copies the regular files of src into a new directory dst of the

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // runDeploy runs scripts/deploy.sh for the server s with the new binary
@@ -163,7 +165,7 @@ func TestDeployScriptREADMECommand(t *testing.T) {
 // new binary, failed to upgrade, and said "the old generation is still
 // serving". Now it checks first, says what is true, and installs nothing.
 func TestDeployScriptWithoutServer(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	installBinary(t, binary(v1), filepath.Join(dir, "server"))
 	installBinary(t, binary(v2), filepath.Join(dir, "server.new"))
 	out, st := runDeployIn(t, dir, nil, "-b", "./server", "server.new")
@@ -206,7 +208,7 @@ func TestDeployScriptUsage(t *testing.T) {
 	if len(want) < 10 || !strings.Contains(wantText, "Exit status 2 is a usage error") {
 		t.Fatalf("deploy.sh's usage comment is %d lines; the test reads it wrong", len(want))
 	}
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	for _, tt := range []struct {
 		args    []string
 		status  int
@@ -232,7 +234,7 @@ func TestDeployScriptPermissionDenied(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run the script as another uid")
 	}
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	os.Chmod(dir, 0o755) // others may read it, not write it
 	installBinary(t, binary(v1), filepath.Join(dir, "server"))
 	installBinary(t, binary(v2), filepath.Join(dir, "server.new"))

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // Faults in the handoff window (issue 10). The rule they check: the old
@@ -81,7 +83,7 @@ func TestFaultPIDFileCannotBeWritten(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := shortTempDir(t)
+			dir := testkit.ShortTempDir(t)
 			run := filepath.Join(dir, "run")
 			os.Mkdir(run, 0o755)
 			mountTmpfs(t, run)
@@ -97,7 +99,7 @@ func TestFaultPIDFileCannotBeWritten(t *testing.T) {
 			if status != 1 || !strings.Contains(errOut, "pid file") || !strings.Contains(errOut, tc.cause) {
 				t.Errorf("ctl upgrade with a PID file that cannot be written: status %d, stderr %q; want 1 and the cause (%q)", status, errOut, tc.cause)
 			}
-			info, _ := getRoot(t, freshClient(), s.url("/"))
+			info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 			if info.PID != pid || info.Generation != 1 {
 				t.Errorf("after the failed upgrade pid %d generation %d serves, want the old one (pid %d, generation 1)", info.PID, info.Generation, pid)
 			}
@@ -129,17 +131,35 @@ func readPIDFile(t *testing.T, path string) int {
 	return n
 }
 
-func logTime(t *testing.T, l logLine) time.Time {
-	t.Helper()
-	ts, err := time.Parse(time.RFC3339Nano, l.str("time"))
-	if err != nil {
-		t.Fatalf("log line without a time: %s", l.raw)
-	}
-	return ts
+// waitInFlight waits until the serving generation has at least n
+// requests of the service in flight (control requests are counted apart).
+func (s *server) waitInFlight(n int) {
+	s.t.Helper()
+	testkit.WaitFor(s.t, time.Minute, fmt.Sprintf("%d requests in flight", n), func() error {
+		out, errOut, st := s.ctl("status", "-json")
+		if st != 0 {
+			return fmt.Errorf("ctl status: exit status %d: %s", st, errOut)
+		}
+		var got struct {
+			InFlight int `json:"in_flight_requests"`
+		}
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			return fmt.Errorf("ctl status -json printed %q: %v", out, err)
+		}
+		if got.InFlight < n {
+			return fmt.Errorf("%d in flight", got.InFlight)
+		}
+		return nil
+	})
 }
 
-func freshClient() *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+func logTime(t *testing.T, l testkit.LogLine) time.Time {
+	t.Helper()
+	ts, err := time.Parse(time.RFC3339Nano, l.Str("time"))
+	if err != nil {
+		t.Fatalf("log line without a time: %s", l.Raw)
+	}
+	return ts
 }
 
 // The old generation killed while the new one is in probation: the new
@@ -158,13 +178,13 @@ func TestFaultParentKilledBeforeHandoff(t *testing.T) {
 
 	s.install(v2)
 	s.signal(pid, syscall.SIGHUP)
-	child := s.logs.wait(t, time.Minute, "the new generation's probation", func(l logLine) bool {
-		return l.msg() == "probation started" && l.int("generation") == 2
-	}).int("pid")
+	child := s.logs.Wait(t, time.Minute, "the new generation's probation", func(l testkit.LogLine) bool {
+		return l.Msg() == "probation started" && l.Int("generation") == 2
+	}).Int("pid")
 	waitRequests(t, tl, total(tl)+100)
 	s.signal(pid, syscall.SIGKILL)
-	s.logs.wait(t, time.Minute, "the new generation to notice", func(l logLine) bool {
-		return l.int("pid") == child && strings.Contains(l.msg(), "previous generation exited before the handoff")
+	s.logs.Wait(t, time.Minute, "the new generation to notice", func(l testkit.LogLine) bool {
+		return l.Int("pid") == child && strings.Contains(l.Msg(), "previous generation exited before the handoff")
 	})
 	if got := s.waitReady(2); got != child {
 		t.Fatalf("generation 2 ready as pid %d, want %d", got, child)
@@ -172,24 +192,21 @@ func TestFaultParentKilledBeforeHandoff(t *testing.T) {
 	waitRequests(t, tl, total(tl)+500)
 	stop()
 
-	info, _ := getRoot(t, freshClient(), s.url("/"))
+	info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 	if info.PID != child {
 		t.Errorf("after the old generation was killed pid %d serves, want the new one (%d)", info.PID, child)
 	}
 	if unix := syscall.Kill(child, 0); unix != nil {
 		t.Errorf("the new generation (pid %d) is gone: %v", child, unix)
 	}
-	poll(t, 10*time.Second, "MAINPID from the new generation", func() error {
-		for _, m := range notify.all() {
-			if m.pid == child && m.fields["MAINPID"] == strconv.Itoa(child) {
-				return nil
-			}
-		}
-		return fmt.Errorf("messages: %v", notify.all())
-	})
+	if _, err := notify.Await(10*time.Second, func(m notifyMsg) bool {
+		return m.pid == child && m.fields["MAINPID"] == strconv.Itoa(child)
+	}); err != nil {
+		t.Fatalf("waiting for MAINPID from the new generation: %v; messages: %v", err, notify.All())
+	}
 	held := map[string]bool{}
-	for _, l := range s.logs.find(func(l logLine) bool { return l.msg() == "connection accepted" && l.int("pid") == pid }) {
-		held[l.str("remote_addr")] = true
+	for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == pid }) {
+		held[l.Str("remote_addr")] = true
 	}
 	tl.mu.Lock()
 	lost := append([]string(nil), tl.lost...)
@@ -227,9 +244,9 @@ func TestFaultStopNewGenerationInProbation(t *testing.T) {
 				_, e, st := s.ctl("upgrade")
 				res <- ctlOut{e, st}
 			}()
-			child := s.logs.wait(t, time.Minute, "probation", func(l logLine) bool {
-				return l.msg() == "probation started" && l.int("generation") == 2
-			}).int("pid")
+			child := s.logs.Wait(t, time.Minute, "probation", func(l testkit.LogLine) bool {
+				return l.Msg() == "probation started" && l.Int("generation") == 2
+			}).Int("pid")
 			waitRequests(t, tl, total(tl)+200)
 			s.signal(child, sig)
 			out := <-res
@@ -245,7 +262,7 @@ func TestFaultStopNewGenerationInProbation(t *testing.T) {
 			if n := tl.failures(); n > 0 {
 				t.Errorf("%d requests failed, want 0: %v", n, tl.examples)
 			}
-			info, _ := getRoot(t, freshClient(), s.url("/"))
+			info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 			if info.PID != pid {
 				t.Errorf("pid %d serves, want the old generation (%d)", info.PID, pid)
 			}
@@ -273,7 +290,7 @@ func TestFaultStopOldGenerationAtHandoff(t *testing.T) {
 			pid := s.waitReady(1)
 			slow := make(chan int, 1)
 			go func() {
-				resp, err := freshClient().Get(s.url("/slow?ms=3000"))
+				resp, err := testkit.NewConnClient().Get(s.url("/slow?ms=3000"))
 				if err != nil {
 					slow <- -1
 					return
@@ -281,13 +298,13 @@ func TestFaultStopOldGenerationAtHandoff(t *testing.T) {
 				resp.Body.Close()
 				slow <- resp.StatusCode
 			}()
-			time.Sleep(200 * time.Millisecond) // the slow request is in flight
+			s.waitInFlight(1) // the slow request
 			s.install(v2)
 			s.signal(pid, syscall.SIGHUP)
-			l := s.logs.wait(t, time.Minute, tc.when, func(l logLine) bool {
-				return l.msg() == tc.when && l.int("generation") == 2
+			l := s.logs.Wait(t, time.Minute, tc.when, func(l testkit.LogLine) bool {
+				return l.Msg() == tc.when && l.Int("generation") == 2
 			})
-			child := l.int("pid")
+			child := l.Int("pid")
 			s.signal(pid, syscall.SIGTERM)
 			if code := <-slow; code != 200 {
 				t.Errorf("the request in flight at the stop got %d, want 200", code)
@@ -297,16 +314,16 @@ func TestFaultStopOldGenerationAtHandoff(t *testing.T) {
 			}
 			// The new generation may exit before its parent, which then
 			// reaps it: its own last log line says how it ended.
-			exit := s.logs.wait(t, time.Minute, "the new generation's exit", func(l logLine) bool {
-				return l.msg() == "exit" && l.int("pid") == child
+			exit := s.logs.Wait(t, time.Minute, "the new generation's exit", func(l testkit.LogLine) bool {
+				return l.Msg() == "exit" && l.Int("pid") == child
 			})
-			if tc.when == "ready" && !strings.Contains(exit.str("reason"), "stop requested by the previous generation") {
-				t.Errorf("the new generation took over; it exited with reason %q, want the stop passed on by the previous generation", exit.str("reason"))
+			if tc.when == "ready" && !strings.Contains(exit.Str("reason"), "stop requested by the previous generation") {
+				t.Errorf("the new generation took over; it exited with reason %q, want the stop passed on by the previous generation", exit.Str("reason"))
 			}
-			if tc.when != "ready" && !strings.Contains(exit.str("reason"), "upgrade called off") {
-				t.Errorf("the new generation in probation exited with reason %q, want the upgrade called off", exit.str("reason"))
+			if tc.when != "ready" && !strings.Contains(exit.Str("reason"), "upgrade called off") {
+				t.Errorf("the new generation in probation exited with reason %q, want the upgrade called off", exit.Str("reason"))
 			}
-			if c, err := freshClient().Get(s.url("/")); err == nil {
+			if c, err := testkit.NewConnClient().Get(s.url("/")); err == nil {
 				c.Body.Close()
 				t.Errorf("the service still answers after a stop signal at the handoff")
 			}
@@ -321,12 +338,12 @@ func TestControlDuringProbation(t *testing.T) {
 	pid := s.waitReady(1)
 	s.install(v2)
 	s.signal(pid, syscall.SIGHUP)
-	child := s.logs.wait(t, time.Minute, "probation", func(l logLine) bool {
-		return l.msg() == "probation started" && l.int("generation") == 2
-	}).int("pid")
+	child := s.logs.Wait(t, time.Minute, "probation", func(l testkit.LogLine) bool {
+		return l.Msg() == "probation started" && l.Int("generation") == 2
+	}).Int("pid")
 	asked := 0
-	passed := func() []logLine {
-		return s.logs.find(func(l logLine) bool { return l.msg() == "probation passed" && l.int("pid") == child })
+	passed := func() []testkit.LogLine {
+		return s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "probation passed" && l.Int("pid") == child })
 	}
 	c, token := controlClient(s.dir), s.token()
 	for passed() == nil {
@@ -394,12 +411,15 @@ func TestFailedUpgradesLeakNoFDs(t *testing.T) {
 	}
 	// tableflip (v1.2.3) leaves its ends of a failed child's readiness
 	// pipes to the garbage collector, which the server runs after a
-	// failed upgrade: give the finalizers a moment.
+	// failed upgrade: give the finalizers a moment. The check below says
+	// whether they closed enough.
 	after := count()
-	for i := 0; i < 50 && after > before+2; i++ {
-		time.Sleep(100 * time.Millisecond)
-		after = count()
-	}
+	testkit.Wait(5*time.Second, func() error {
+		if after = count(); after > before+2 {
+			return fmt.Errorf("%d fds open", after)
+		}
+		return nil
+	})
 	t.Logf("open fds of the serving generation: %d before 20 failed upgrades, %d after", before, after)
 	if after > before+2 {
 		t.Errorf("%d fds after 20 failed upgrades, %d before: a failed upgrade leaks", after, before)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/kvgrpc"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -50,7 +51,7 @@ func TestGRPCUnderRestarts(t *testing.T) {
 }
 
 func testGRPCUnderRestarts(t *testing.T, dialOpts []grpc.DialOption) {
-	gaddr := freeAddr(t)
+	gaddr := testkit.FreeAddr(t)
 	s := start(t, startOptions{args: []string{"-grpc-addr", gaddr}})
 	pid := s.waitReady(1)
 
@@ -67,53 +68,30 @@ func testGRPCUnderRestarts(t *testing.T, dialOpts []grpc.DialOption) {
 	defer cancel()
 	tl := newTally()
 	var wg sync.WaitGroup
-	spawn := func(n int, f func(i int)) {
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				f(i)
-			}()
-		}
-	}
 	// Clients 0-11 keep one connection; 12-15 make a new one every few
 	// calls, so that connections also open while a generation drains.
 	var notServing atomic.Int64
-	spawn(16, func(i int) { grpcUnaryClient(ctx, dial, tl, i, i >= 12, &notServing) })
+	spawn(&wg, 16, func(i int) { grpcUnaryClient(ctx, dial, tl, i, i >= 12, &notServing) })
 	const prefix = "watch/"
 	w := &grpcWriter{prefix: prefix, state: map[string][]byte{}, halt: make(chan struct{}), halted: make(chan struct{})}
-	spawn(1, func(int) { w.run(ctx, dial, tl) })
+	spawn(&wg, 1, func(int) { w.run(ctx, dial, tl) })
 	watchers := make([]*grpcWatcher, 4)
 	for i := range watchers {
 		watchers[i] = &grpcWatcher{prefix: prefix}
 	}
-	spawn(len(watchers), func(i int) { watchers[i].run(ctx, dial, tl) })
+	spawn(&wg, len(watchers), func(i int) { watchers[i].run(ctx, dial, tl) })
 
 	kinds := []string{"grpc-health", "grpc-kv", "grpc-writer", "grpc-watch"}
-	waitAllKinds := func(what string) {
-		base := map[string]int{}
-		for _, k := range kinds {
-			base[k] = tl.okCount(k)
-		}
-		poll(t, time.Minute, what, func() error {
-			for _, k := range kinds {
-				if tl.okCount(k) <= base[k] {
-					return fmt.Errorf("no %s success yet", k)
-				}
-			}
-			return nil
-		})
-	}
-	waitAllKinds("every gRPC client kind served before the upgrades")
+	waitAllKinds(t, tl, "every gRPC client kind served before the upgrades", kinds...)
 	for g := 2; g <= grpcUpgrades+1; g++ {
 		pid = s.upgrade(pid, g)
 	}
-	waitAllKinds("every gRPC client kind served by the last generation")
+	waitAllKinds(t, tl, "every gRPC client kind served by the last generation", kinds...)
 
 	// The writer stops; every watcher must come to the store's state.
 	final := w.stop()
 	for i, wt := range watchers {
-		poll(t, time.Minute, fmt.Sprintf("watcher %d to see the final state", i), func() error {
+		testkit.WaitFor(t, time.Minute, fmt.Sprintf("watcher %d to see the final state", i), func() error {
 			if got := wt.entries(); !maps.EqualFunc(got, final, bytes.Equal) {
 				return fmt.Errorf("watcher has %d keys, store %d: %s", len(got), len(final), diffState(got, final))
 			}
@@ -137,12 +115,12 @@ func testGRPCUnderRestarts(t *testing.T, dialOpts []grpc.DialOption) {
 			t.Errorf("watcher %d resumed %d times across %d upgrades; each drain should end its watch", i, n, grpcUpgrades)
 		}
 	}
-	for _, d := range s.logs.find(func(l logLine) bool { return l.msg() == "drain finished" && l.str("reason") == "handoff" }) {
-		if d.int("force_closed") != 0 {
-			t.Errorf("generation %d force-closed %d connections", d.int("generation"), d.int("force_closed"))
+	for _, d := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "drain finished" && l.Str("reason") == "handoff" }) {
+		if d.Int("force_closed") != 0 {
+			t.Errorf("generation %d force-closed %d connections", d.Int("generation"), d.Int("force_closed"))
 		}
-		if d.int("generation") == grpcUpgrades/2 {
-			t.Logf("drain of generation %d: %s", grpcUpgrades/2, d.raw)
+		if d.Int("generation") == grpcUpgrades/2 {
+			t.Logf("drain of generation %d: %s", grpcUpgrades/2, d.Raw)
 		}
 	}
 }
@@ -329,7 +307,7 @@ func (w *grpcWatcher) run(ctx context.Context, dial func() (*grpc.ClientConn, er
 		if err != nil {
 			if ctx.Err() == nil {
 				tl.fail("grpc-watch", "watch "+status.Code(err).String(), err)
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // pace: the failure is counted; watch again soon
 			}
 			return
 		}
@@ -345,7 +323,7 @@ func (w *grpcWatcher) run(ctx context.Context, dial func() (*grpc.ClientConn, er
 			}
 			if err != nil {
 				tl.fail("grpc-watch", "recv "+status.Code(err).String(), err)
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // pace: the failure is counted; watch again soon
 				return
 			}
 			if err := w.apply(ev); err != nil {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -48,8 +49,8 @@ func rawH2Client(ctx context.Context, kind, addr string, tc *tls.Config, t *tall
 	loop(ctx, 10_000, 5*time.Minute, func() {
 		c, err := dialRawH2(kind, addr, tc, t)
 		if err != nil {
-			t.fail(kind, "dial "+errorKind(err), err)
-			time.Sleep(10 * time.Millisecond)
+			t.fail(kind, "dial "+testkit.ErrorKind(err), err)
+			time.Sleep(10 * time.Millisecond) // pace: the failure is counted; dial again soon
 			return
 		}
 		conns.Add(1)
@@ -213,7 +214,7 @@ func (c *rawH2Conn) open(rng *rand.Rand) bool {
 	}
 	c.wmu.Unlock()
 	if err != nil {
-		c.finish(id, "write "+errorKind(err), err)
+		c.finish(id, "write "+testkit.ErrorKind(err), err)
 		return false
 	}
 	return true
@@ -376,7 +377,7 @@ func TestHTTP2NoStreamRefusedAcrossRestarts(t *testing.T) {
 	for _, useTLS := range []bool{false, true} {
 		kind := map[bool]string{false: "h2c-raw", true: "h2-tls-raw"}[useTLS]
 		t.Run(kind, func(t *testing.T) {
-			dir := shortTempDir(t)
+			dir := testkit.ShortTempDir(t)
 			args := []string{"-log-level", "info"}
 			var tc *tls.Config
 			if useTLS {
@@ -402,7 +403,7 @@ func TestHTTP2NoStreamRefusedAcrossRestarts(t *testing.T) {
 			}
 			served := func(what string) {
 				base := tl.okCount(kind)
-				poll(t, time.Minute, what, func() error {
+				testkit.WaitFor(t, time.Minute, what, func() error {
 					if tl.okCount(kind) <= base {
 						return fmt.Errorf("no %s stream answered yet", kind)
 					}
@@ -418,10 +419,10 @@ func TestHTTP2NoStreamRefusedAcrossRestarts(t *testing.T) {
 			wg.Wait()
 
 			var twoStep, between, http2Closed int
-			for _, d := range s.logs.find(func(l logLine) bool { return l.msg() == "drain finished" && l.str("reason") == "handoff" }) {
-				twoStep += d.int("http2_two_step")
-				between += d.int("streams_between_goaways")
-				http2Closed += d.int("closed_http2")
+			for _, d := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "drain finished" && l.Str("reason") == "handoff" }) {
+				twoStep += d.Int("http2_two_step")
+				between += d.Int("streams_between_goaways")
+				http2Closed += d.Int("closed_http2")
 			}
 			t.Logf("after %d upgrades:\n%s", rawH2Upgrades, tl)
 			t.Logf("drains: %d HTTP/2 connections closed, %d by the two-step GOAWAY, %d streams served between the GOAWAYs",

@@ -1,12 +1,8 @@
 package e2e
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,7 +94,7 @@ type server struct {
 	dir  string // working directory; the binary is dir/server
 	bin  string
 	addr string
-	logs *logBook
+	logs *testkit.LogBook
 	cmd  *exec.Cmd
 
 	mu    sync.Mutex
@@ -141,10 +138,10 @@ func start(t testing.TB, o startOptions) *server {
 		o.version = v1
 	}
 	if o.dir == "" {
-		o.dir = shortTempDir(t)
+		o.dir = testkit.ShortTempDir(t)
 	}
 	if o.addr == "" {
-		o.addr = freeAddr(t)
+		o.addr = testkit.FreeAddr(t)
 	}
 	s := &server{t: t, dir: o.dir, bin: filepath.Join(o.dir, "server"), addr: o.addr, procs: map[int]*proc{}}
 	s.install(o.version)
@@ -159,7 +156,11 @@ func start(t testing.TB, o startOptions) *server {
 	if len(o.prefix) > 0 {
 		discover = func(int) {}
 	}
-	s.logs = newLogBook(r, discover)
+	s.logs = testkit.ReadLog(r, func(l testkit.LogLine) {
+		if pid := l.Int("pid"); pid > 0 {
+			discover(pid)
+		}
+	})
 	args := []string{"-log-format", "json", "-log-level", "info"}
 	if o.supervise {
 		args = append(args, "-supervise")
@@ -264,8 +265,7 @@ func (s *server) discover(pid int) {
 	s.procs[pid] = p
 	go func() { // ends when the process is gone, or after 10 minutes
 		defer close(p.exited)
-		deadline := time.Now().Add(10 * time.Minute)
-		for time.Now().Before(deadline) {
+		testkit.Wait(10*time.Minute, func() error {
 			var ws unix.WaitStatus
 			_, err := unix.Wait4(pid, &ws, 0, nil)
 			switch {
@@ -274,21 +274,22 @@ func (s *server) discover(pid int) {
 				if ws.Exited() {
 					p.status = ws.ExitStatus()
 				}
-				return
+				return nil
 			case errors.Is(err, unix.EINTR):
+				return err
 			case errors.Is(err, unix.ECHILD):
 				// Not ours yet (its parent lives) or already reaped by
 				// its parent (a child that failed to start).
 				if unix.Kill(pid, 0) == unix.ESRCH {
 					p.status = -1
-					return
+					return nil
 				}
-				time.Sleep(10 * time.Millisecond)
+				return err
 			default:
 				p.status = -1
-				return
+				return nil
 			}
-		}
+		})
 	}()
 }
 
@@ -325,12 +326,12 @@ func (s *server) kill() {
 		}
 	}
 	if s.t.Failed() {
-		lines := s.logs.all()
+		lines := s.logs.All()
 		if len(lines) > 400 {
 			lines = lines[len(lines)-400:]
 		}
 		for _, l := range lines {
-			s.t.Log(l.raw)
+			s.t.Log(l.Raw)
 		}
 	}
 }
@@ -345,10 +346,10 @@ func (s *server) proc(pid int) *proc {
 // waitReady waits for generation gen's "ready" event and returns its pid.
 func (s *server) waitReady(gen int) int {
 	s.t.Helper()
-	l := s.logs.wait(s.t, 2*time.Minute, fmt.Sprintf("generation %d ready", gen), func(l logLine) bool {
-		return l.msg() == "ready" && l.int("generation") == gen
+	l := s.logs.Wait(s.t, 2*time.Minute, fmt.Sprintf("generation %d ready", gen), func(l testkit.LogLine) bool {
+		return l.Msg() == "ready" && l.Int("generation") == gen
 	})
-	return l.int("pid")
+	return l.Int("pid")
 }
 
 // waitExit waits for the process pid to exit and returns its status.
@@ -388,145 +389,12 @@ func (s *server) upgrade(pid, gen int) int {
 
 func (s *server) url(path string) string { return "http://" + s.addr + path }
 
-// logLine is one JSON log event, with the raw line.
-type logLine struct {
-	fields map[string]any
-	raw    string
-}
-
-func (l logLine) msg() string { return l.str("message") }
-
-func (l logLine) str(key string) string {
-	v, _ := l.fields[key].(string)
-	return v
-}
-
-func (l logLine) int(key string) int {
-	v, _ := l.fields[key].(float64)
-	return int(v)
-}
-
-// logBook collects the log lines of every generation.
-type logBook struct {
-	mu      sync.Mutex
-	lines   []logLine
-	changed chan struct{} // closed and replaced on every new line
-	done    chan struct{} // closed when every generation closed the pipe
-}
-
-func newLogBook(r io.ReadCloser, onPID func(int)) *logBook {
-	b := &logBook{changed: make(chan struct{}), done: make(chan struct{})}
-	go func() { // ends when the last generation exits
-		defer close(b.done)
-		defer r.Close()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			l := logLine{raw: sc.Text()}
-			if json.Unmarshal(sc.Bytes(), &l.fields) != nil {
-				l.fields = map[string]any{"message": sc.Text(), "level": "raw"}
-			}
-			if pid := l.int("pid"); pid > 0 {
-				onPID(pid)
-			}
-			b.mu.Lock()
-			b.lines = append(b.lines, l)
-			close(b.changed)
-			b.changed = make(chan struct{})
-			b.mu.Unlock()
-		}
-	}()
-	return b
-}
-
-func (b *logBook) all() []logLine {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]logLine(nil), b.lines...)
-}
-
-// find returns the lines that match.
-func (b *logBook) find(match func(logLine) bool) []logLine {
-	var out []logLine
-	for _, l := range b.all() {
-		if match(l) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// wait returns the first line that matches, waiting up to timeout.
-func (b *logBook) wait(t testing.TB, timeout time.Duration, what string, match func(logLine) bool) logLine {
-	t.Helper()
-	deadline := time.After(timeout)
-	seen := 0
-	for {
-		b.mu.Lock()
-		lines := b.lines[seen:]
-		changed := b.changed
-		b.mu.Unlock()
-		for _, l := range lines {
-			if match(l) {
-				return l
-			}
-		}
-		seen += len(lines)
-		select {
-		case <-changed:
-		case <-b.done:
-			// Every generation exited; look once more, then give up.
-			for _, l := range b.all()[seen:] {
-				if match(l) {
-					return l
-				}
-			}
-			t.Fatalf("waiting for %s: every server process exited", what)
-		case <-deadline:
-			t.Fatalf("waiting for %s: not seen within %v", what, timeout)
-		}
-	}
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// shortTempDir is a temporary directory with a short path: a unix socket
-// path must fit in 108 bytes, and t.TempDir's can be longer.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ho-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// poll calls f until it succeeds or timeout passes, and fails the test
-// with f's last error.
-func poll(t testing.TB, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// shortTempDir and freeAddr are testkit's, under the names the
+// benchmarks of bench_test.go use.
+var (
+	shortTempDir = testkit.ShortTempDir
+	freeAddr     = testkit.FreeAddr
+)
 
 // cpus is how many processes can run at once; loads scale with it.
 var cpus = runtime.NumCPU()

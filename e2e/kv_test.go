@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	_ "modernc.org/sqlite"
 )
 
@@ -47,7 +48,7 @@ func hash(s string) uint64 {
 // restart from the same data directory every acknowledged key reads back
 // with its value, and the database passes its integrity check.
 func TestNoAcknowledgedWriteLost(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	s := start(t, startOptions{dir: dir})
 	pid := s.pidOf(1)
 
@@ -61,7 +62,7 @@ func TestNoAcknowledgedWriteLost(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var c *conn1
+			var c *testkit.Conn
 			defer func() {
 				if c != nil {
 					c.Close()
@@ -70,9 +71,9 @@ func TestNoAcknowledgedWriteLost(t *testing.T) {
 			loop(ctx, 1_000_000, 5*time.Minute, func() {
 				if c == nil {
 					var err error
-					if c, err = dial1(s.addr); err != nil {
+					if c, err = testkit.DialTimeout(s.addr, requestTimeout); err != nil {
 						mu.Lock()
-						failed[errorKind(err)]++
+						failed[testkit.ErrorKind(err)]++
 						mu.Unlock()
 						time.Sleep(10 * time.Millisecond) // the server is gone: try again soon
 						return
@@ -83,12 +84,12 @@ func TestNoAcknowledgedWriteLost(t *testing.T) {
 				failed["n"]++
 				mu.Unlock()
 				req, _ := http.NewRequest("PUT", "http://"+s.addr+"/kv/"+key, bytes.NewReader(kvValue(key)))
-				resp, _, err := c.do(req)
+				resp, _, err := c.Do(req)
 				mu.Lock()
 				defer mu.Unlock()
 				switch {
 				case err != nil:
-					failed[errorKind(err)]++
+					failed[testkit.ErrorKind(err)]++
 					c.Close()
 					c = nil
 					return
@@ -105,7 +106,7 @@ func TestNoAcknowledgedWriteLost(t *testing.T) {
 		}()
 	}
 	waitAcked := func(n int) {
-		poll(t, time.Minute, "writes acknowledged", func() error {
+		testkit.WaitFor(t, time.Minute, "writes acknowledged", func() error {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(acked) < n {
@@ -179,10 +180,10 @@ func TestNoAcknowledgedWriteLost(t *testing.T) {
 
 // kvDo sends one request on c and returns the status, body and the
 // generation that answered.
-func kvDo(t *testing.T, c *conn1, method, addr, key string, body []byte) (int, string, string) {
+func kvDo(t *testing.T, c *testkit.Conn, method, addr, key string, body []byte) (int, string, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://"+addr+"/kv/"+key, bytes.NewReader(body))
-	resp, b, err := c.do(req)
+	resp, b, err := c.Do(req)
 	if err != nil {
 		t.Fatalf("%s /kv/%s: %v", method, key, err)
 	}
@@ -216,16 +217,8 @@ func TestReadYourWritesAcrossGenerations(t *testing.T) {
 	s := start(t, startOptions{args: []string{"-idle-grace", "30s", "-drain-timeout", "60s"}})
 	// Two connections generation 1 holds: each answer it gives while
 	// draining ends its connection.
-	old, err := dial1(s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	old2, err := dial1(s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old2.Close()
+	old := testkit.Dial(t, s.addr)
+	old2 := testkit.Dial(t, s.addr)
 	if st, _, gen := kvDo(t, old, "PUT", s.addr, "greeting", []byte("v1")); st != 201 || gen != "1" {
 		t.Fatalf("PUT on generation 1: %d from %s", st, gen)
 	}
@@ -239,17 +232,10 @@ func TestReadYourWritesAcrossGenerations(t *testing.T) {
 	// same instant: until it logs "drain started" (its listeners closed) a
 	// new connection may still be its own. Issue 10 item 16: without this
 	// wait the test failed about 1 run in 15.
-	s.logs.wait(t, time.Minute, "generation 1's drain start", func(l logLine) bool {
-		return l.msg() == "drain started" && l.int("generation") == 1
+	s.logs.Wait(t, time.Minute, "generation 1's drain start", func(l testkit.LogLine) bool {
+		return l.Msg() == "drain started" && l.Int("generation") == 1
 	})
-	fresh := func() *conn1 {
-		c, err := dial1(s.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	fresh := func() *testkit.Conn { return testkit.Dial(t, s.addr) }
 	n1 := fresh()
 	for range 2 { // the second read is served from generation 2's cache
 		if st, body, gen := kvDo(t, n1, "GET", s.addr, "greeting", nil); st != 200 || body != "v1" || gen != "2" {
@@ -281,10 +267,7 @@ func TestReadYourWritesAcrossGenerations(t *testing.T) {
 func TestCacheWarmAfterUpgrade(t *testing.T) {
 	const n = 200
 	s := start(t, startOptions{})
-	c, err := dial1(s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := testkit.Dial(t, s.addr)
 	var keys []string
 	for i := range n {
 		key := fmt.Sprintf("warm/%03d", i)
@@ -296,10 +279,7 @@ func TestCacheWarmAfterUpgrade(t *testing.T) {
 	c.Close()
 	readAll := func(s *server) (hits, misses int) {
 		h0, m0 := s.cacheStats()
-		c, err := dial1(s.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := testkit.Dial(t, s.addr)
 		defer c.Close()
 		for _, key := range keys {
 			st, body, _ := kvDo(t, c, "GET", s.addr, key, nil)
@@ -316,11 +296,11 @@ func TestCacheWarmAfterUpgrade(t *testing.T) {
 	s.signal(s.pidOf(1), syscall.SIGHUP)
 	s.waitReady(2)
 	s.waitExit(s.pidOf(1), time.Minute)
-	warmed := s.logs.wait(t, time.Minute, "generation 2's cache warm-up", func(l logLine) bool {
-		return l.msg() == "cache warmed" && l.int("generation") == 2
+	warmed := s.logs.Wait(t, time.Minute, "generation 2's cache warm-up", func(l testkit.LogLine) bool {
+		return l.Msg() == "cache warmed" && l.Int("generation") == 2
 	})
 	// The hot keys came over the handoff channel, not through a file.
-	if from := warmed.str("from"); from != "previous generation" {
+	if from := warmed.Str("from"); from != "previous generation" {
 		t.Errorf("generation 2 warmed its cache from %q, want the state the previous generation handed over", from)
 	}
 	if _, err := os.Stat(snapshot); err == nil {
@@ -354,11 +334,7 @@ func TestCacheWarmAfterUpgrade(t *testing.T) {
 func TestRejectedStateFailsUpgrade(t *testing.T) {
 	s := start(t, startOptions{env: []string{"HANDOFF_FAULT_BAD_STATE=1"}})
 	pid := s.waitReady(1)
-	c, err := dial1(s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testkit.Dial(t, s.addr)
 	for i := range 20 {
 		key := fmt.Sprintf("hot/%d", i)
 		kvDo(t, c, "PUT", s.addr, key, kvValue(key))
@@ -376,7 +352,7 @@ func TestRejectedStateFailsUpgrade(t *testing.T) {
 	if n := tl.failures(); n > 0 {
 		t.Errorf("%d requests failed, want 0: %v", n, tl.examples)
 	}
-	info, _ := getRoot(t, freshClient(), s.url("/"))
+	info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 	if info.PID != pid {
 		t.Errorf("pid %d serves after the rejected state, want the old generation (%d)", info.PID, pid)
 	}

@@ -2,11 +2,11 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/restarttest"
 )
 
@@ -30,33 +30,10 @@ func TestLossUnderRestarts(t *testing.T) {
 	defer cancel()
 	tl := newTally()
 	var wg sync.WaitGroup
-	spawn := func(n int, f func(i int)) {
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				f(i)
-			}()
-		}
-	}
-	spawn(2, func(int) { h2Client(ctx, s.addr, tl, 3) })
-	spawn(2, func(int) { sseClient(ctx, s.addr, tl) })
-	spawn(2, func(i int) { wsClient(ctx, s.addr, tl, uint64(i)) })
+	spawn(&wg, 2, func(int) { h2Client(ctx, s.addr, tl, 3) })
+	spawn(&wg, 2, func(int) { sseClient(ctx, s.addr, tl) })
+	spawn(&wg, 2, func(i int) { wsClient(ctx, s.addr, tl, uint64(i)) })
 	kinds := []string{"h2c", "sse", "websocket"}
-	waitAllKinds := func(what string) {
-		base := map[string]int{}
-		for _, k := range kinds {
-			base[k] = tl.okCount(k)
-		}
-		poll(t, time.Minute, what, func() error {
-			for _, k := range kinds {
-				if tl.okCount(k) <= base[k] {
-					return fmt.Errorf("no %s success yet", k)
-				}
-			}
-			return nil
-		})
-	}
 
 	// The kit's clients: 6 on kept-alive connections, 4 more sending
 	// /slow, 2 with a new connection per request. It waits for an answer
@@ -74,11 +51,11 @@ func TestLossUnderRestarts(t *testing.T) {
 		Interval:    time.Millisecond, // back to back: each upgrade waits for the last
 		Restart: func(_ context.Context, r restarttest.RestartInfo) error {
 			if r.Index == 1 {
-				waitAllKinds("every client kind served before the upgrades")
+				waitAllKinds(t, tl, "every client kind served before the upgrades", kinds...)
 			}
 			pid = s.upgrade(pid, r.Index+1)
 			if r.Index == lossUpgrades {
-				waitAllKinds("every client kind served by the last generation")
+				waitAllKinds(t, tl, "every client kind served by the last generation", kinds...)
 			}
 			return nil
 		},
@@ -123,12 +100,12 @@ func TestLossUnderRestarts(t *testing.T) {
 		t.Errorf("only %d /slow requests were in flight at a SIGHUP, want at least one per upgrade", across)
 	}
 	t.Logf("/slow requests in flight at a SIGHUP and completed: %d", across)
-	for _, d := range s.logs.find(func(l logLine) bool { return l.msg() == "drain finished" && l.str("reason") == "handoff" }) {
-		if d.int("generation") == lossUpgrades/2 {
-			t.Logf("drain of generation %d: %s", lossUpgrades/2, d.raw)
+	for _, d := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "drain finished" && l.Str("reason") == "handoff" }) {
+		if d.Int("generation") == lossUpgrades/2 {
+			t.Logf("drain of generation %d: %s", lossUpgrades/2, d.Raw)
 		}
-		if d.int("force_closed") != 0 {
-			t.Errorf("generation %d force-closed %d connections", d.int("generation"), d.int("force_closed"))
+		if d.Int("force_closed") != 0 {
+			t.Errorf("generation %d force-closed %d connections", d.Int("generation"), d.Int("force_closed"))
 		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // As PID 1 of its PID namespace (a container), a server's exit would kill
@@ -20,14 +22,14 @@ func TestPID1RefusesHotRestart(t *testing.T) {
 	if out, err := exec.Command("unshare", "--pid", "--fork", "true").CombinedOutput(); err != nil {
 		t.Skipf("unshare --pid --fork does not work here (%v: %s); run as root on Linux to test PID 1", err, strings.TrimSpace(string(out)))
 	}
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	installBinary(t, binary(v1), filepath.Join(dir, "server"))
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := newLogBook(r, func(int) {})
+	logs := testkit.ReadLog(r, nil)
 	cmd := exec.Command("unshare", "--pid", "--fork", "--kill-child", "./server", "-addr", addr, "-log-format", "json")
 	cmd.Dir = dir
 	cmd.Env = baseEnv()
@@ -46,25 +48,25 @@ func TestPID1RefusesHotRestart(t *testing.T) {
 		cmd.Process.Kill() // --kill-child takes the server with it
 		<-exited
 		if t.Failed() {
-			for _, l := range logs.all() {
-				t.Log(l.raw)
+			for _, l := range logs.All() {
+				t.Log(l.Raw)
 			}
 		}
 	})
 
-	ready := logs.wait(t, time.Minute, "ready", func(l logLine) bool { return l.msg() == "ready" })
-	if ready.int("pid") != 1 {
-		t.Fatalf("server pid inside the namespace = %d, want 1", ready.int("pid"))
+	ready := logs.Wait(t, time.Minute, "ready", func(l testkit.LogLine) bool { return l.Msg() == "ready" })
+	if ready.Int("pid") != 1 {
+		t.Fatalf("server pid inside the namespace = %d, want 1", ready.Int("pid"))
 	}
 	server := childOf(t, cmd.Process.Pid) // the server's pid as this test sees it
 
 	syscall.Kill(server, syscall.SIGHUP)
-	warn := logs.wait(t, time.Minute, "the refusal", func(l logLine) bool { return l.msg() == "upgrade request ignored" })
-	if warn.str("level") != "warn" || !strings.Contains(warn.str("error"), "hot restart is disabled") ||
-		!strings.Contains(warn.str("error"), "roll the container") {
-		t.Errorf("SIGHUP as PID 1 logged %s; want a Warn saying hot restart is disabled and to roll the container", warn.raw)
+	warn := logs.Wait(t, time.Minute, "the refusal", func(l testkit.LogLine) bool { return l.Msg() == "upgrade request ignored" })
+	if warn.Str("level") != "warn" || !strings.Contains(warn.Str("error"), "hot restart is disabled") ||
+		!strings.Contains(warn.Str("error"), "roll the container") {
+		t.Errorf("SIGHUP as PID 1 logged %s; want a Warn saying hot restart is disabled and to roll the container", warn.Raw)
 	}
-	if n := len(logs.find(func(l logLine) bool { return l.msg() == "upgrade started" })); n != 0 {
+	if n := len(logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "upgrade started" })); n != 0 {
 		t.Errorf("%d upgrades started as PID 1, want none", n)
 	}
 	info, _ := getRoot(t, &http.Client{Timeout: 5 * time.Second}, "http://"+addr+"/")
@@ -87,7 +89,7 @@ func TestPID1RefusesHotRestart(t *testing.T) {
 func childOf(t *testing.T, pid int) int {
 	t.Helper()
 	var child int
-	poll(t, 10*time.Second, "the child of unshare", func() error {
+	testkit.WaitFor(t, 10*time.Second, "the child of unshare", func() error {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(pid) + "/children")
 		if err != nil {
 			return err

@@ -1,10 +1,11 @@
 package e2e
 
 import (
-	"net/http"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // With a probation window, a new generation serves a share of live traffic
@@ -23,19 +24,19 @@ func TestProbationCatchesEarlyCrash(t *testing.T) {
 
 	s.install(vFaults)
 	s.signal(pid, syscall.SIGHUP)
-	ev := s.logs.wait(t, time.Minute, "the upgrade to fail", func(l logLine) bool {
-		return l.msg() == failedEvent && l.int("pid") == pid
+	ev := s.logs.Wait(t, time.Minute, "the upgrade to fail", func(l testkit.LogLine) bool {
+		return l.Msg() == failedEvent && l.Int("pid") == pid
 	})
 	waitRequests(t, tl, total(tl)+200)
 	stop()
 
-	if ev.str("exit_status") != "exit status 3" {
-		t.Errorf("failed upgrade: exit_status %q, want exit status 3 (the injected crash)", ev.str("exit_status"))
+	if ev.Str("exit_status") != "exit status 3" {
+		t.Errorf("failed upgrade: exit_status %q, want exit status 3 (the injected crash)", ev.Str("exit_status"))
 	}
-	child := ev.int("child_pid")
+	child := ev.Int("child_pid")
 	held := map[string]bool{}
-	for _, l := range s.logs.find(func(l logLine) bool { return l.msg() == "connection accepted" && l.int("pid") == child }) {
-		held[l.str("remote_addr")] = true
+	for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == child }) {
+		held[l.Str("remote_addr")] = true
 	}
 	tl.mu.Lock()
 	servedByChild := tl.gens["2"]
@@ -54,7 +55,7 @@ func TestProbationCatchesEarlyCrash(t *testing.T) {
 	if tl.failures() != len(lost) {
 		t.Errorf("%d failures but %d lost connections: a failure that is not a lost connection: %v", tl.failures(), len(lost), tl.examples)
 	}
-	info, _ := getRoot(t, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, s.url("/"))
+	info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 	if info.Generation != 1 || info.PID != pid {
 		t.Errorf("after the failed probation generation %d pid %d serves, want 1 %d", info.Generation, info.PID, pid)
 	}
@@ -62,7 +63,7 @@ func TestProbationCatchesEarlyCrash(t *testing.T) {
 	// A good binary passes its probation and takes over.
 	s.install(v2)
 	s.upgrade(pid, 2)
-	if len(s.logs.find(func(l logLine) bool { return l.msg() == "probation passed" && l.int("generation") == 2 })) != 1 {
+	if len(s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "probation passed" && l.Int("generation") == 2 })) != 1 {
 		t.Error("generation 2 took over without logging probation passed")
 	}
 }

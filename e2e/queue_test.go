@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // A storm of 50 SIGHUPs in one second, in bursts of 5 sent back to back,
@@ -48,8 +50,8 @@ func TestSIGHUPStorm(t *testing.T) {
 
 	t.Logf("%d SIGHUPs delivered (%d to a pid that had just exited); final generation %d; %d requests, %d failed",
 		sent, missed, last, total(tl), tl.failures())
-	queued := len(s.logs.find(func(l logLine) bool {
-		switch l.msg() {
+	queued := len(s.logs.Find(func(l testkit.LogLine) bool {
+		switch l.Msg() {
 		case "upgrade queued: another upgrade is in progress", "forwarding queued upgrade to new generation",
 			"upgrade requested after handoff: forwarding to new generation",
 			"upgrade waits for the previous generation to finish draining":
@@ -102,26 +104,18 @@ func (s *server) settle() int {
 
 // readyOK reports whether generation gen logs "ready" within timeout.
 func (s *server) readyOK(gen int, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if len(s.logs.find(func(l logLine) bool { return l.msg() == "ready" && l.int("generation") == gen })) > 0 {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	_, err := s.logs.Await(timeout, func(l testkit.LogLine) bool { return l.Msg() == "ready" && l.Int("generation") == gen })
+	return err == nil
 }
 
 // pidOf returns the pid of generation gen, which must have been ready.
 func (s *server) pidOf(gen int) int {
 	s.t.Helper()
-	ready := s.logs.find(func(l logLine) bool { return l.msg() == "ready" && l.int("generation") == gen })
+	ready := s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "ready" && l.Int("generation") == gen })
 	if len(ready) == 0 {
 		s.t.Fatalf("generation %d was never ready", gen)
 	}
-	return ready[len(ready)-1].int("pid")
+	return ready[len(ready)-1].Int("pid")
 }
 
 // assertOneUpgradeAtATime checks, from the logs of every generation, that
@@ -134,18 +128,18 @@ func assertOneUpgradeAtATime(t *testing.T, s *server) {
 	}
 	var spans []span
 	open := map[int]time.Time{}
-	for _, l := range s.logs.all() {
-		at, err := time.Parse(time.RFC3339Nano, l.str("time"))
+	for _, l := range s.logs.All() {
+		at, err := time.Parse(time.RFC3339Nano, l.Str("time"))
 		if err != nil {
 			continue
 		}
-		switch l.msg() {
+		switch l.Msg() {
 		case "upgrade started":
-			open[l.int("pid")] = at
+			open[l.Int("pid")] = at
 		case "child ready", failedEvent:
-			if st, ok := open[l.int("pid")]; ok {
-				spans = append(spans, span{l.int("pid"), st, at})
-				delete(open, l.int("pid"))
+			if st, ok := open[l.Int("pid")]; ok {
+				spans = append(spans, span{l.Int("pid"), st, at})
+				delete(open, l.Int("pid"))
 			}
 		}
 	}
@@ -168,13 +162,9 @@ func assertOneUpgradeAtATime(t *testing.T, s *server) {
 func TestQueuedUpgradeRunsAfterDrainDeadline(t *testing.T) {
 	s := start(t, startOptions{args: []string{"-drain-timeout", "2s"}})
 	// A connection of our own, which never retries: generation 1 holds it.
-	c, err := dial1(s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testkit.Dial(t, s.addr)
 	req, _ := http.NewRequest("GET", s.url("/"), nil)
-	if resp, _, err := c.do(req); err != nil || resp.StatusCode != 200 {
+	if resp, _, err := c.Do(req); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("GET /: %v", err)
 	}
 	info := rootInfo{PID: s.pidOf(1)}
@@ -186,28 +176,28 @@ func TestQueuedUpgradeRunsAfterDrainDeadline(t *testing.T) {
 	}
 	stuck := make(chan error, 1)
 	go func() {
-		_, err := http.ReadResponse(c.r, req)
+		_, err := http.ReadResponse(c.Reader, req)
 		stuck <- err
 	}()
 
 	s.signal(info.PID, syscall.SIGHUP)
 	pid2 := s.waitReady(2)
 	s.signal(pid2, syscall.SIGHUP)
-	s.logs.wait(t, time.Minute, "the upgrade to wait for the drain", func(l logLine) bool {
-		return l.msg() == "upgrade waits for the previous generation to finish draining" && l.int("pid") == pid2
+	s.logs.Wait(t, time.Minute, "the upgrade to wait for the drain", func(l testkit.LogLine) bool {
+		return l.Msg() == "upgrade waits for the previous generation to finish draining" && l.Int("pid") == pid2
 	})
 	s.waitReady(3)
-	drained := s.logs.wait(t, time.Minute, "generation 1's drain", func(l logLine) bool {
-		return l.msg() == "drain finished" && l.int("pid") == info.PID
+	drained := s.logs.Wait(t, time.Minute, "generation 1's drain", func(l testkit.LogLine) bool {
+		return l.Msg() == "drain finished" && l.Int("pid") == info.PID
 	})
-	if drained.int("force_closed") != 1 {
-		t.Errorf("generation 1 force-closed %d connections at its deadline, want 1", drained.int("force_closed"))
+	if drained.Int("force_closed") != 1 {
+		t.Errorf("generation 1 force-closed %d connections at its deadline, want 1", drained.Int("force_closed"))
 	}
 	if st := s.waitExit(info.PID, time.Minute); st != 0 {
 		t.Errorf("generation 1 exit status after a forced drain = %d, want 0", st)
 	}
-	ran := s.logs.find(func(l logLine) bool {
-		return l.msg() == "previous generation exited: running queued upgrade" && l.int("pid") == pid2
+	ran := s.logs.Find(func(l testkit.LogLine) bool {
+		return l.Msg() == "previous generation exited: running queued upgrade" && l.Int("pid") == pid2
 	})
 	if len(ran) != 1 {
 		t.Errorf("generation 2 logged %d 'running queued upgrade' events, want 1", len(ran))

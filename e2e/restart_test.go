@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // rootInfo is the answer of GET /.
@@ -105,8 +106,8 @@ func TestUpgradeToNewVersion(t *testing.T) {
 	if g := h.Get("X-Generation"); g != "2" {
 		t.Errorf("after upgrade: X-Generation = %q, want 2", g)
 	}
-	ready := s.logs.find(func(l logLine) bool { return l.msg() == "child ready" })
-	if len(ready) != 1 || ready[0].str("new_version") != v2 || ready[0].int("new_pid") != pid2 {
+	ready := s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "child ready" })
+	if len(ready) != 1 || ready[0].Str("new_version") != v2 || ready[0].Int("new_pid") != pid2 {
 		t.Errorf("child ready events = %v, want one naming %s pid %d", ready, v2, pid2)
 	}
 }
@@ -152,8 +153,8 @@ func TestStopCompletesInFlightRequests(t *testing.T) {
 	s.signal(pid, syscall.SIGTERM)
 
 	var notReadyAt time.Time
-	poll(t, 10*time.Second, "GET /readyz after SIGTERM", func() error {
-		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	testkit.WaitFor(t, 10*time.Second, "GET /readyz after SIGTERM", func() error {
+		c := testkit.NewConnClient()
 		resp, err := c.Get(s.url("/readyz"))
 		if err != nil {
 			return err
@@ -179,8 +180,8 @@ func TestStopCompletesInFlightRequests(t *testing.T) {
 	if st := s.waitExit(pid, time.Minute); st != 0 {
 		t.Errorf("exit status after SIGTERM = %d, want 0", st)
 	}
-	drained := s.logs.find(func(l logLine) bool { return l.msg() == "drain finished" && l.str("reason") == "stop" })
-	if len(drained) != 1 || drained[0].int("force_closed") != 0 {
+	drained := s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "drain finished" && l.Str("reason") == "stop" })
+	if len(drained) != 1 || drained[0].Int("force_closed") != 0 {
 		t.Errorf("drain finished events = %v, want one with force_closed 0", drained)
 	}
 }
@@ -238,37 +239,14 @@ func TestNoRefusedConnectionsAcrossUpgrades(t *testing.T) {
 // classify names the outcome of a request: "ok", or the kind of failure.
 func classify(resp *http.Response, err error) (kind, gen string) {
 	if err != nil {
-		return errorKind(err), ""
+		return testkit.ErrorKind(err), ""
 	}
 	defer resp.Body.Close()
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return "body " + errorKind(err), ""
+		return "body " + testkit.ErrorKind(err), ""
 	}
 	if resp.StatusCode/100 != 2 {
 		return "status " + strconv.Itoa(resp.StatusCode), ""
 	}
 	return "ok", resp.Header.Get("X-Generation")
-}
-
-// errorKind sorts a client error into refused, reset, broken pipe, EOF,
-// timeout or other.
-func errorKind(err error) string {
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "reset"
-	case errors.Is(err, syscall.EPIPE):
-		return "broken pipe"
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		return "eof"
-	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-		return "timeout"
-	}
-	return "other: " + err.Error()
-}
-
-func isTimeout(err error) bool {
-	var te interface{ Timeout() bool }
-	return errors.As(err, &te) && te.Timeout()
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,18 +31,18 @@ import (
 func (s *server) supervisorPID() int { return s.cmd.Process.Pid }
 
 // isSupervisor matches the supervisor's own events.
-func isSupervisor(l logLine) bool { return l.str("component") == "supervisor" }
+func isSupervisor(l testkit.LogLine) bool { return l.Str("component") == "supervisor" }
 
 // genExit waits for the supervisor to report the end of generation gen,
 // and returns its exit status as the supervisor logged it ("exit status 0",
 // "signal: killed").
 func (s *server) genExit(gen int) string {
 	s.t.Helper()
-	l := s.logs.wait(s.t, 2*time.Minute, fmt.Sprintf("the supervisor's event of the exit of generation %d", gen), func(l logLine) bool {
-		return isSupervisor(l) && l.int("child_generation") == gen &&
-			(l.msg() == "generation exited" || l.msg() == "the serving generation exited unexpectedly")
+	l := s.logs.Wait(s.t, 2*time.Minute, fmt.Sprintf("the supervisor's event of the exit of generation %d", gen), func(l testkit.LogLine) bool {
+		return isSupervisor(l) && l.Int("child_generation") == gen &&
+			(l.Msg() == "generation exited" || l.Msg() == "the serving generation exited unexpectedly")
 	})
-	return l.str("exit_status")
+	return l.Str("exit_status")
 }
 
 // takenOver waits for the supervisor to commit a generation newer than
@@ -49,10 +50,10 @@ func (s *server) genExit(gen int) string {
 // also waits for that generation's own ready event.
 func (s *server) takenOver(after int) (gen, pid int) {
 	s.t.Helper()
-	l := s.logs.wait(s.t, 2*time.Minute, fmt.Sprintf("a generation after %d to take over", after), func(l logLine) bool {
-		return isSupervisor(l) && l.msg() == "child ready" && l.int("new_generation") > after
+	l := s.logs.Wait(s.t, 2*time.Minute, fmt.Sprintf("a generation after %d to take over", after), func(l testkit.LogLine) bool {
+		return isSupervisor(l) && l.Msg() == "child ready" && l.Int("new_generation") > after
 	})
-	gen, pid = l.int("new_generation"), l.int("new_pid")
+	gen, pid = l.Int("new_generation"), l.Int("new_pid")
 	s.waitReady(gen)
 	return gen, pid
 }
@@ -146,10 +147,10 @@ func TestSupervisorAsPID1(t *testing.T) {
 	s := start(t, startOptions{supervise: true, prefix: []string{"unshare", "--pid", "--fork", "--mount-proc", "--kill-child"}})
 	sup := childOf(t, s.supervisorPID()) // PID 1, as this test sees it
 	born := procStartTime(t, sup)
-	if l := s.logs.wait(t, time.Minute, "supervisor starting", func(l logLine) bool {
-		return isSupervisor(l) && l.msg() == "supervisor starting"
-	}); l.int("pid") != 1 {
-		t.Fatalf("the supervisor's pid inside the namespace = %d, want 1", l.int("pid"))
+	if l := s.logs.Wait(t, time.Minute, "supervisor starting", func(l testkit.LogLine) bool {
+		return isSupervisor(l) && l.Msg() == "supervisor starting"
+	}); l.Int("pid") != 1 {
+		t.Fatalf("the supervisor's pid inside the namespace = %d, want 1", l.Int("pid"))
 	}
 
 	stop, tl := backgroundLoad(s.addr)
@@ -173,14 +174,14 @@ func TestSupervisorAsPID1(t *testing.T) {
 		t.Errorf("PID 1 is pid %d (started at tick %s) after the upgrades, was %d (tick %s): want the same process",
 			got, procStartTime(t, got), sup, born)
 	}
-	for _, l := range s.logs.find(func(l logLine) bool { return l.msg() == "starting" && l.str("mode") == "supervised" }) {
-		if l.int("parent_pid") != 1 {
-			t.Errorf("generation %d started with parent pid %d, want 1: %s", l.int("generation"), l.int("parent_pid"), l.raw)
+	for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "starting" && l.Str("mode") == "supervised" }) {
+		if l.Int("parent_pid") != 1 {
+			t.Errorf("generation %d started with parent pid %d, want 1: %s", l.Int("generation"), l.Int("parent_pid"), l.Raw)
 		}
 	}
-	for _, l := range s.logs.find(isSupervisor) {
-		if l.int("pid") != 1 {
-			t.Errorf("a supervisor event with pid %d, want 1: %s", l.int("pid"), l.raw)
+	for _, l := range s.logs.Find(isSupervisor) {
+		if l.Int("pid") != 1 {
+			t.Errorf("a supervisor event with pid %d, want 1: %s", l.Int("pid"), l.Raw)
 		}
 	}
 	rss := rssKiB(t, sup)
@@ -260,16 +261,16 @@ func TestSupervisorBadDeploys(t *testing.T) {
 					t.Errorf("server ctl upgrade does not say %q: %s", want, errOut)
 				}
 			}
-			ev := s.logs.wait(t, time.Minute, "the supervisor's failed upgrade event", func(l logLine) bool {
-				return isSupervisor(l) && l.msg() == failedEvent
+			ev := s.logs.Wait(t, time.Minute, "the supervisor's failed upgrade event", func(l testkit.LogLine) bool {
+				return isSupervisor(l) && l.Msg() == failedEvent
 			})
 			for _, want := range tc.cause {
-				if !strings.Contains(ev.raw, want) {
-					t.Errorf("the supervisor's failed upgrade event does not say %q: %s", want, ev.raw)
+				if !strings.Contains(ev.Raw, want) {
+					t.Errorf("the supervisor's failed upgrade event does not say %q: %s", want, ev.Raw)
 				}
 			}
-			if ev.str("level") != "warn" {
-				t.Errorf("failed upgrade logged at %q, want warn", ev.str("level"))
+			if ev.Str("level") != "warn" {
+				t.Errorf("failed upgrade logged at %q, want warn", ev.Str("level"))
 			}
 			waitRequests(t, tl, total(tl)+200)
 			stop()
@@ -279,10 +280,10 @@ func TestSupervisorBadDeploys(t *testing.T) {
 			servedByBad := tl.gens["2"]
 			tl.mu.Unlock()
 			if tc.probation {
-				bad := ev.int("child_pid")
+				bad := ev.Int("child_pid")
 				held := map[string]bool{}
-				for _, l := range s.logs.find(func(l logLine) bool { return l.msg() == "connection accepted" && l.int("pid") == bad }) {
-					held[l.str("remote_addr")] = true
+				for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == bad }) {
+					held[l.Str("remote_addr")] = true
 				}
 				if !servedByBad {
 					t.Error("the new generation answered no request during its probation; it should serve a share of the traffic")
@@ -302,7 +303,7 @@ func TestSupervisorBadDeploys(t *testing.T) {
 			}
 			t.Logf("%s: %d requests during the attempt, %d failed; server ctl upgrade: %s\n%s",
 				tc.name, total(tl), tl.failures(), strings.TrimSpace(errOut), tl)
-			info, _ := getRoot(t, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, s.url("/"))
+			info, _ := getRoot(t, testkit.NewConnClient(), s.url("/"))
 			if info.Generation != 1 || info.PID != pid {
 				t.Errorf("after the failed upgrade generation %d pid %d serves, want 1 %d", info.Generation, info.PID, pid)
 			}
@@ -346,17 +347,17 @@ func TestSupervisorUpgradesItself(t *testing.T) {
 			t.Errorf("server ctl upgrade: generation %d version %s, want 2 %s", gen, version, v2)
 		}
 	})
-	ev := s.logs.wait(t, time.Minute, "the supervisor's new code", func(l logLine) bool {
-		return isSupervisor(l) && l.msg() == "supervisor replaced its own binary"
+	ev := s.logs.Wait(t, time.Minute, "the supervisor's new code", func(l testkit.LogLine) bool {
+		return isSupervisor(l) && l.Msg() == "supervisor replaced its own binary"
 	})
-	if ev.int("pid") != sup || ev.str("version") != v2 || ev.str("old_version") != v1 {
-		t.Errorf("after the exec in place: %s; want pid %d, version %s, old_version %s", ev.raw, sup, v2, v1)
+	if ev.Int("pid") != sup || ev.Str("version") != v2 || ev.Str("old_version") != v1 {
+		t.Errorf("after the exec in place: %s; want pid %d, version %s, old_version %s", ev.Raw, sup, v2, v1)
 	}
 	if procStartTime(t, sup) != born {
 		t.Errorf("pid %d is another process after the supervisor's upgrade", sup)
 	}
 	// The generations learn of the supervisor's new code by a message.
-	poll(t, 30*time.Second, "ctl status naming the supervisor's new version", func() error {
+	testkit.WaitFor(t, 30*time.Second, "ctl status naming the supervisor's new version", func() error {
 		st := s.status()
 		if st.Supervisor == nil || st.Supervisor.PID != sup || st.Supervisor.Version != v2 || st.Supervisor.Execs != 1 ||
 			st.Version != v2 || st.PID != pid || st.Generation != gen {
@@ -407,11 +408,11 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 
 		killedAt := time.Now()
 		s.signal(pid, syscall.SIGKILL)
-		ev := s.logs.wait(t, time.Minute, "the supervisor's report of the crash", func(l logLine) bool {
-			return isSupervisor(l) && l.msg() == "the serving generation exited unexpectedly"
+		ev := s.logs.Wait(t, time.Minute, "the supervisor's report of the crash", func(l testkit.LogLine) bool {
+			return isSupervisor(l) && l.Msg() == "the serving generation exited unexpectedly"
 		})
-		if ev.int("child_pid") != pid || ev.str("exit_status") != "signal: killed" || ev.str("level") != "error" {
-			t.Errorf("crash reported as %s; want an error naming pid %d and signal: killed", ev.raw, pid)
+		if ev.Int("child_pid") != pid || ev.Str("exit_status") != "signal: killed" || ev.Str("level") != "error" {
+			t.Errorf("crash reported as %s; want an error naming pid %d and signal: killed", ev.Raw, pid)
 		}
 		gen, newPID := s.takenOver(1)
 		restartedIn := time.Since(killedAt)
@@ -419,8 +420,8 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 		stop()
 
 		held := map[string]bool{}
-		for _, l := range s.logs.find(func(l logLine) bool { return l.msg() == "connection accepted" && l.int("pid") == pid }) {
-			held[l.str("remote_addr")] = true
+		for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == pid }) {
+			held[l.Str("remote_addr")] = true
 		}
 		tl.mu.Lock()
 		lost := append([]string(nil), tl.lost...)
@@ -464,11 +465,13 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 			t.Errorf("supervisor after its only generation was killed: exit status %d, want 1", st)
 		}
 		say := fmt.Sprintf("the serving generation (pid %d) ended with signal: killed", pid)
-		if len(s.logs.find(func(l logLine) bool { return strings.HasPrefix(l.raw, "server: ") && strings.Contains(l.raw, say) })) != 1 {
+		if len(s.logs.Find(func(l testkit.LogLine) bool {
+			return strings.HasPrefix(l.Raw, "server: ") && strings.Contains(l.Raw, say)
+		})) != 1 {
 			t.Errorf("the supervisor's last words do not say %q", say)
 		}
-		if len(s.logs.find(func(l logLine) bool {
-			return isSupervisor(l) && l.msg() == "the serving generation exited unexpectedly" && l.str("level") == "error"
+		if len(s.logs.Find(func(l testkit.LogLine) bool {
+			return isSupervisor(l) && l.Msg() == "the serving generation exited unexpectedly" && l.Str("level") == "error"
 		})) != 1 {
 			t.Error("no error event for the generation that exited unexpectedly")
 		}
@@ -486,9 +489,9 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 // the prompt back.
 func TestSupervisorInTerminal(t *testing.T) {
 	began := time.Now()
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	installBinary(t, binary(v1), filepath.Join(dir, "server"))
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	term := startShell(t, dir)
 	term.waitFor(t, "$ ", "the first prompt")
 
@@ -496,8 +499,8 @@ func TestSupervisorInTerminal(t *testing.T) {
 	mark := term.mark()
 	term.write(t, cmdLine+"\n")
 	s := &server{t: t, dir: dir, bin: filepath.Join(dir, "server"), addr: addr}
-	poll(t, 2*time.Minute, "the server started in the terminal answering", func() error {
-		resp, err := pollClient().Get(s.url("/"))
+	testkit.WaitFor(t, 2*time.Minute, "the server started in the terminal answering", func() error {
+		resp, err := testkit.NewConnClient().Get(s.url("/"))
 		if err != nil {
 			return err
 		}
@@ -743,7 +746,7 @@ func (term *terminal) waitFor(t *testing.T, s, what string) {
 // restart under the supervisor: /readyz, which a readiness probe polls,
 // answers 200 throughout, and the new generation runs the new settings.
 func TestReadyzStaysGreenAcrossConfigReload(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	conf := filepath.Join(dir, "handoff.toml")
 	if err := os.WriteFile(conf, []byte("log-level = \"info\"\nprobation = \"1s\"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -755,7 +758,7 @@ func TestReadyzStaysGreenAcrossConfigReload(t *testing.T) {
 	done := make(chan struct{})
 	go func() { // a readiness probe: a new connection every 5 ms until done
 		ok, bad := 0, 0
-		c := freshClient()
+		c := testkit.NewConnClient()
 		for {
 			select {
 			case <-done:
@@ -783,10 +786,10 @@ func TestReadyzStaysGreenAcrossConfigReload(t *testing.T) {
 		t.Fatalf("ctl upgrade: %d: %s", st, errOut)
 	}
 	// The new generation runs the new settings.
-	p := s.logs.wait(t, time.Minute, "the new generation's probation", func(l logLine) bool {
-		return l.msg() == "probation started" && l.int("generation") == 2
+	p := s.logs.Wait(t, time.Minute, "the new generation's probation", func(l testkit.LogLine) bool {
+		return l.Msg() == "probation started" && l.Int("generation") == 2
 	})
-	if w := p.int("window_ms"); w != 1500 {
+	if w := p.Int("window_ms"); w != 1500 {
 		t.Errorf("the new generation's probation is %d ms, want the reloaded file's 1500", w)
 	}
 	waitRequests(t, tl, total(tl)+200)

@@ -8,11 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,8 +20,7 @@ import (
 // with the pid of the process that sent it (SO_PASSCRED).
 type notifySocket struct {
 	path string
-	mu   sync.Mutex
-	msgs []notifyMsg
+	testkit.Book[notifyMsg]
 }
 
 type notifyMsg struct {
@@ -32,7 +31,7 @@ type notifyMsg struct {
 
 func newNotifySocket(t *testing.T) *notifySocket {
 	t.Helper()
-	n := &notifySocket{path: filepath.Join(shortTempDir(t), "notify.sock")}
+	n := &notifySocket{path: filepath.Join(testkit.ShortTempDir(t), "notify.sock")}
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
@@ -65,34 +64,23 @@ func newNotifySocket(t *testing.T) *notifySocket {
 					m.fields[k] = v
 				}
 			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, m)
-			n.mu.Unlock()
+			n.Add(m)
 		}
 	}()
 	return n
 }
 
-func (n *notifySocket) all() []notifyMsg {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]notifyMsg(nil), n.msgs...)
-}
-
 // waitFor waits until a message from pid has field key.
 func (n *notifySocket) waitFor(t *testing.T, pid int, key string) notifyMsg {
 	t.Helper()
-	var got notifyMsg
-	poll(t, time.Minute, fmt.Sprintf("notify %s from pid %d", key, pid), func() error {
-		for _, m := range n.all() {
-			if _, ok := m.fields[key]; ok && m.pid == pid {
-				got = m
-				return nil
-			}
-		}
-		return fmt.Errorf("messages so far: %v", n.all())
+	m, err := n.Await(time.Minute, func(m notifyMsg) bool {
+		_, ok := m.fields[key]
+		return ok && m.pid == pid
 	})
-	return got
+	if err != nil {
+		t.Fatalf("waiting for notify %s from pid %d: %v; messages so far: %v", key, pid, err, n.All())
+	}
+	return m
 }
 
 // The Type=notify-reload protocol: the exact messages, and who sends each,
@@ -113,11 +101,11 @@ func TestSystemdNotifySequence(t *testing.T) {
 
 	s.installScript("echo 'fatal: bad build' >&2\nexit 3")
 	s.signal(p2, syscall.SIGHUP)
-	s.logs.wait(t, time.Minute, "the failed upgrade", func(l logLine) bool { return l.msg() == failedEvent })
+	s.logs.Wait(t, time.Minute, "the failed upgrade", func(l testkit.LogLine) bool { return l.Msg() == failedEvent })
 	n.waitFor(t, p2, "STATUS")
-	poll(t, time.Minute, "READY after the failed reload", func() error {
-		if len(n.all()) < 5 {
-			return fmt.Errorf("%d messages", len(n.all()))
+	testkit.WaitFor(t, time.Minute, "READY after the failed reload", func() error {
+		if n.Len() < 5 {
+			return fmt.Errorf("%d messages", n.Len())
 		}
 		return nil
 	})
@@ -139,7 +127,7 @@ func TestSystemdNotifySequence(t *testing.T) {
 		{p2, []string{"STOPPING", "STATUS"}},
 		{p2, []string{"EXTEND_TIMEOUT_USEC", "STATUS"}},
 	}
-	got := n.all()
+	got := n.All()
 	if len(got) != len(wants) {
 		t.Errorf("%d notify messages, want %d", len(got), len(wants))
 	}
@@ -190,7 +178,7 @@ func TestSocketActivation(t *testing.T) {
 	}
 	ln.Close() // the server's copy (fd 3) keeps the socket open
 	activated := ln.Addr().String()
-	configured := freeAddr(t)
+	configured := testkit.FreeAddr(t)
 	s := start(t, startOptions{
 		addr:       configured,
 		extraFiles: []*os.File{f},
@@ -198,13 +186,13 @@ func TestSocketActivation(t *testing.T) {
 	})
 	f.Close()
 
-	listening := s.logs.wait(t, time.Minute, "the activated listener", func(l logLine) bool {
-		return l.msg() == "listening" && l.str("activation_name") == "public"
+	listening := s.logs.Wait(t, time.Minute, "the activated listener", func(l testkit.LogLine) bool {
+		return l.Msg() == "listening" && l.Str("activation_name") == "public"
 	})
-	if listening.str("addr") != activated {
-		t.Errorf("activated listener on %s, want %s", listening.str("addr"), activated)
+	if listening.Str("addr") != activated {
+		t.Errorf("activated listener on %s, want %s", listening.Str("addr"), activated)
 	}
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	c := testkit.NewConnClient()
 	if _, err := c.Get("http://" + configured + "/"); err == nil {
 		t.Errorf("-addr %s is served too; socket activation should replace it", configured)
 	}
@@ -219,10 +207,10 @@ func TestSocketActivation(t *testing.T) {
 	if tl.failures() != 0 {
 		t.Errorf("%d requests failed across the upgrade of an activated socket: %v", tl.failures(), tl.examples)
 	}
-	inherited := s.logs.find(func(l logLine) bool {
-		return l.msg() == "listening" && l.int("pid") == p2 && l.str("activation_name") == "public"
+	inherited := s.logs.Find(func(l testkit.LogLine) bool {
+		return l.Msg() == "listening" && l.Int("pid") == p2 && l.Str("activation_name") == "public"
 	})
-	if len(inherited) != 1 || inherited[0].fields["inherited"] != true || inherited[0].str("addr") != activated {
+	if len(inherited) != 1 || inherited[0].Fields["inherited"] != true || inherited[0].Str("addr") != activated {
 		t.Errorf("generation 2 listening events %v, want the activated socket, inherited", inherited)
 	}
 	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p2))
@@ -246,7 +234,7 @@ func TestShutdownDelay(t *testing.T) {
 	const delay = 1500 * time.Millisecond
 	s := start(t, startOptions{args: []string{"-shutdown-delay", delay.String()}})
 	pid := s.pidOf(1)
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	c := testkit.NewConnClient()
 	sent := time.Now()
 	s.signal(pid, syscall.SIGTERM)
 
@@ -275,10 +263,10 @@ func TestShutdownDelay(t *testing.T) {
 	if st := s.waitExit(pid, time.Minute); st != 0 {
 		t.Errorf("exit status = %d, want 0", st)
 	}
-	stopping := s.logs.wait(t, time.Second, "stopping", func(l logLine) bool { return l.msg() == "stopping" })
-	drain := s.logs.wait(t, time.Second, "drain started", func(l logLine) bool { return l.msg() == "drain started" })
-	t0, _ := time.Parse(time.RFC3339Nano, stopping.str("time"))
-	t1, _ := time.Parse(time.RFC3339Nano, drain.str("time"))
+	stopping := s.logs.Wait(t, time.Second, "stopping", func(l testkit.LogLine) bool { return l.Msg() == "stopping" })
+	drain := s.logs.Wait(t, time.Second, "drain started", func(l testkit.LogLine) bool { return l.Msg() == "drain started" })
+	t0, _ := time.Parse(time.RFC3339Nano, stopping.Str("time"))
+	t1, _ := time.Parse(time.RFC3339Nano, drain.Str("time"))
 	if got := t1.Sub(t0); got < delay {
 		t.Errorf("drain began %v after the stop, want at least the %v delay", got, delay)
 	}

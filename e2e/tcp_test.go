@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/lineproto"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // rawUpgrades is how many times the raw TCP and UDP tests upgrade.
@@ -26,7 +27,7 @@ const rawUpgrades = 20
 // be lost (left without an answer) or answered twice, and no connection
 // may end without RECONNECT.
 func TestLineProtocolUnderRestarts(t *testing.T) {
-	taddr := freeAddr(t)
+	taddr := testkit.FreeAddr(t)
 	s := start(t, startOptions{args: []string{"-tcp-addr", taddr}})
 	pid := s.waitReady(1)
 
@@ -50,7 +51,7 @@ func TestLineProtocolUnderRestarts(t *testing.T) {
 	}
 	waitAnswers := func(what string) {
 		base := answered()
-		poll(t, time.Minute, what, func() error {
+		testkit.WaitFor(t, time.Minute, what, func() error {
 			if answered() < base+int64(10*len(clients)) {
 				return errors.New("too few answers yet")
 			}
@@ -95,9 +96,9 @@ func TestLineProtocolUnderRestarts(t *testing.T) {
 	if len(gens) != rawUpgrades+1 {
 		t.Errorf("%d generations answered, want %d", len(gens), rawUpgrades+1)
 	}
-	for _, d := range s.logs.find(func(l logLine) bool { return l.msg() == "drain finished" && l.str("reason") == "handoff" }) {
-		if d.int("force_closed") != 0 {
-			t.Errorf("generation %d force-closed %d connections", d.int("generation"), d.int("force_closed"))
+	for _, d := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "drain finished" && l.Str("reason") == "handoff" }) {
+		if d.Int("force_closed") != 0 {
+			t.Errorf("generation %d force-closed %d connections", d.Int("generation"), d.Int("force_closed"))
 		}
 	}
 }
@@ -138,7 +139,7 @@ func (c *lineClient) run(ctx context.Context) {
 		conn, err := net.DialTimeout("tcp", c.addr, requestTimeout)
 		if err != nil {
 			c.fail("dial: %v", err)
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // pace: the failure is counted; dial again soon
 			continue
 		}
 		reconnect := c.session(ctx, conn)
@@ -208,7 +209,7 @@ func (c *lineClient) session(ctx context.Context, conn net.Conn) (reconnect bool
 // reported, not asserted: UDP promises no delivery, and the count is the
 // measurement.
 func TestUDPEchoAcrossUpgrades(t *testing.T) {
-	uaddr := freeUDPAddr(t)
+	uaddr := testkit.FreeUDPAddr(t)
 	s := start(t, startOptions{args: []string{"-udp-addr", uaddr}})
 	pid := s.waitReady(1)
 
@@ -240,14 +241,14 @@ func TestUDPEchoAcrossUpgrades(t *testing.T) {
 		defer close(sendDone)
 		loop(ctx, 10_000_000, 10*time.Minute, func() {
 			fmt.Fprintf(conn, "d %d", e.send())
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(2 * time.Millisecond) // the load: a datagram every 2 ms
 		})
 	}()
 
 	// echoFrom waits until generation gen answers a datagram.
 	echoFrom := func(gen int) {
 		t.Helper()
-		poll(t, time.Minute, fmt.Sprintf("generation %d to echo", gen), func() error {
+		testkit.WaitFor(t, time.Minute, fmt.Sprintf("generation %d to echo", gen), func() error {
 			if !e.answeredBy(strconv.Itoa(gen)) {
 				return fmt.Errorf("no echo from generation %d yet", gen)
 			}
@@ -262,7 +263,9 @@ func TestUDPEchoAcrossUpgrades(t *testing.T) {
 	cancel()
 	<-sendDone
 	// A datagram is lost if it has no answer echoLossTimeout after it was
-	// sent: the last were sent just now.
+	// sent: the last were sent just now. The sleep is the measurement's
+	// window, not a wait for a state: a late or duplicate answer must
+	// have the time to come.
 	time.Sleep(echoLossTimeout)
 	conn.Close()
 	<-readDone
@@ -337,16 +340,4 @@ func (e *echoTally) counts() (sent, answered int, lost []int, wrong int) {
 		lost = append(lost, n)
 	}
 	return e.sent, e.ok, lost, e.wrong
-}
-
-// freeUDPAddr returns a loopback UDP address with a port that was free a
-// moment ago.
-func freeUDPAddr(t testing.TB) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
 }

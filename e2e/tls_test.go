@@ -1,61 +1,25 @@
 package e2e
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 with the given
 // serial number to dir/cert.pem and dir/key.pem, each atomically.
 func writeCert(t *testing.T, dir string, serial int64) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: "handoff e2e"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	put := func(name, typ string, b []byte) {
-		tmp := filepath.Join(dir, name+".tmp")
-		if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put("cert.pem", "CERTIFICATE", der)
-	put("key.pem", "EC PRIVATE KEY", kder)
-	cert, _ := x509.ParseCertificate(der)
-	return cert
+	c := testkit.SelfSigned(t, serial)
+	c.WritePEM(t, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+	return c.Leaf
 }
 
 // tlsClient trusts exactly the given certificates and speaks HTTP/2.
@@ -73,7 +37,7 @@ func tlsClient(certs ...*x509.Certificate) *http.Client {
 // HTTPS with HTTP/2: a stream in flight at SIGHUP finishes on the old
 // generation, and the new one serves the certificate found on disk then.
 func TestTLSRotatesCertificateOnUpgrade(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := testkit.ShortTempDir(t)
 	cert1 := writeCert(t, dir, 1)
 	s := start(t, startOptions{dir: dir, args: []string{"-tls-cert", "cert.pem", "-tls-key", "key.pem"}})
 	base := "https://" + s.addr
@@ -113,11 +77,11 @@ func TestTLSRotatesCertificateOnUpgrade(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("not a certificate"), 0o600)
 	pid2 := s.waitReady(2)
 	s.signal(pid2, syscall.SIGHUP)
-	failed := s.logs.wait(t, time.Minute, "upgrade failed", func(l logLine) bool {
-		return l.msg() == "upgrade failed: old generation keeps serving" && l.int("generation") == 2
+	failed := s.logs.Wait(t, time.Minute, "upgrade failed", func(l testkit.LogLine) bool {
+		return l.Msg() == "upgrade failed: old generation keeps serving" && l.Int("generation") == 2
 	})
-	if failed.str("exit_status") != "exit status 2" {
-		t.Errorf("upgrade with a broken certificate: exit_status %q, want exit status 2", failed.str("exit_status"))
+	if failed.Str("exit_status") != "exit status 2" {
+		t.Errorf("upgrade with a broken certificate: exit_status %q, want exit status 2", failed.Str("exit_status"))
 	}
 	tc := tlsClient(cert2)
 	resp, err = tc.Get(base + "/")

@@ -1,13 +1,11 @@
 package handlers_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/rs/zerolog"
 )
 
@@ -32,7 +31,7 @@ func newApp(t *testing.T, lc *fakeLifecycle) http.Handler {
 	return handlers.New(handlers.Options{
 		Info:      handlers.Info{PID: 42, Generation: 7, Version: "v9", StartedAt: time.Unix(1700000000, 0).UTC()},
 		Lifecycle: lc,
-		Logger:    zerolog.New(zerolog.NewTestWriter(t)),
+		Logger:    testkit.Logger(t),
 	})
 }
 
@@ -169,7 +168,7 @@ func TestRequestLogHoldsNoPath(t *testing.T) {
 			Info:      handlers.Info{Generation: 1},
 			Lifecycle: &fakeLifecycle{ready: true, draining: make(chan struct{})},
 			Logger:    zerolog.New(&buf).Level(zerolog.DebugLevel),
-			KV:        newFakeKV(),
+			KV:        testkit.NewMemKV(),
 		})
 		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(tt.method, tt.target, strings.NewReader("v")))
 		line := buf.String()
@@ -192,14 +191,10 @@ func TestEchoRefusesOversizedBodyBefore100Continue(t *testing.T) {
 	defer srv.Close()
 	for _, size := range []int{handlers.MaxEchoBody + 1, 8 * handlers.MaxEchoBody} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			c, err := net.Dial("tcp", srv.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := testkit.Dial(t, srv.Listener.Addr().String())
 			c.SetDeadline(time.Now().Add(30 * time.Second))
 			fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", size)
-			br := bufio.NewReader(c)
+			br := c.Reader
 			resp, err := http.ReadResponse(br, nil)
 			if err != nil {
 				t.Fatalf("POST /echo of %d bytes with Expect: 100-continue: reading the answer: %v", size, err)

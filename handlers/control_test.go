@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/rs/zerolog"
 )
 
@@ -44,7 +45,7 @@ func newControl(t *testing.T, c handlers.Controller) http.Handler {
 		Controller:  c,
 		Metrics:     http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("metrics")) }),
 		AllowedUIDs: []int{1000, 0},
-		Logger:      zerolog.New(zerolog.NewTestWriter(t)),
+		Logger:      testkit.Logger(t),
 	})
 }
 

@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -11,44 +12,38 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/handlers"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
 	"github.com/rs/zerolog"
 )
 
-// startInProcess runs the reference server's API inside this process on an
-// ephemeral loopback port, the "server in a thread" pattern: a standalone
-// Upgrader (no handoff, no signals) serves it until Shutdown.
-func startInProcess(log zerolog.Logger) (*upgrade.Upgrader, string, error) {
-	u, err := upgrade.New(upgrade.Options{Standalone: true, IgnoreSignals: true, Logger: log, Version: "in-process"})
+// Run the reference server's API inside this process on an ephemeral
+// loopback port, the "server in a thread" pattern: a standalone Upgrader
+// (no handoff, no signals) serves it until Shutdown, and the request in
+// flight when Shutdown is called completes.
+func Example_inProcess() {
+	u, err := upgrade.New(upgrade.Options{Standalone: true, IgnoreSignals: true, Logger: zerolog.Nop(), Version: "in-process"})
 	if err != nil {
-		return nil, "", err
+		log.Fatal(err)
 	}
 	ln, err := u.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, "", err
+		log.Fatal(err)
 	}
 	st := u.Status()
 	u.Serve(ln, upgrade.HTTP(&http.Server{
 		Handler: handlers.New(handlers.Options{
 			Info:      handlers.Info{PID: st.PID, Generation: st.Generation, Version: st.Version, StartedAt: st.StartedAt},
 			Lifecycle: u,
-			Logger:    log,
+			Logger:    zerolog.Nop(),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}), nil)
 	if err := u.Ready(); err != nil {
-		return nil, "", err
-	}
-	return u, "http://" + ln.Addr().String(), nil
-}
-
-// Start the reference server in-process, send it requests, and stop it
-// with Shutdown: the request in flight when Shutdown is called completes.
-func Example_inProcess() {
-	u, base, err := startInProcess(zerolog.Nop())
-	if err != nil {
 		log.Fatal(err)
 	}
+	base := "http://" + ln.Addr().String()
+
 	done := make(chan string)
 	go func() {
 		resp, err := http.Get(base + "/slow?ms=300")
@@ -60,8 +55,14 @@ func Example_inProcess() {
 		io.Copy(io.Discard, resp.Body)
 		done <- resp.Status
 	}()
-	for u.Status().InFlight == 0 { // wait until the request is being served
-		time.Sleep(5 * time.Millisecond)
+	err = testkit.Wait(10*time.Second, func() error {
+		if u.Status().InFlight == 0 {
+			return errors.New("the request is not being served yet")
+		}
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -77,13 +78,21 @@ func Example_inProcess() {
 	// after Shutdown, a new request is refused: true
 }
 
+// referenceAPI is the reference server's API, served by u.
+func referenceAPI(u *upgrade.Upgrader) upgrade.Server {
+	st := u.Status()
+	return upgrade.HTTP(testkit.HTTPServer(handlers.New(handlers.Options{
+		Info:      handlers.Info{PID: st.PID, Generation: st.Generation, Version: st.Version, StartedAt: st.StartedAt},
+		Lifecycle: u,
+		Logger:    u.Logger(),
+	})))
+}
+
 // Every request in flight when Shutdown is called completes with 200, and
 // Shutdown returns only after they have.
 func TestInProcessShutdownCompletesInFlight(t *testing.T) {
-	u, base, err := startInProcess(zerolog.New(zerolog.NewTestWriter(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testkit.Start(t, upgrade.Options{Version: "in-process"}, referenceAPI)
+	u := s.Upgrader
 	const n = 20
 	c := &http.Client{Timeout: 30 * time.Second}
 	var wg sync.WaitGroup
@@ -93,7 +102,7 @@ func TestInProcessShutdownCompletesInFlight(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := c.Get(fmt.Sprintf("%s/slow?ms=%d", base, 500+10*i))
+			resp, err := c.Get(s.URL(fmt.Sprintf("/slow?ms=%d", 500+10*i)))
 			if err == nil {
 				_, err = io.ReadAll(resp.Body)
 				resp.Body.Close()
@@ -105,7 +114,7 @@ func TestInProcessShutdownCompletesInFlight(t *testing.T) {
 			results <- err
 		}()
 	}
-	poll(t, 10*time.Second, "all requests in flight", func() error {
+	testkit.WaitFor(t, 10*time.Second, "all requests in flight", func() error {
 		if got := u.Status().InFlight; got != n {
 			return fmt.Errorf("%d in flight", got)
 		}
@@ -130,21 +139,5 @@ func TestInProcessShutdownCompletesInFlight(t *testing.T) {
 	}
 	if d := u.Status().LastDrain; d == nil || d.Closed.Forced != 0 || d.ConnectionsAtStart != n {
 		t.Errorf("drain record %+v, want %d connections, none forced", d, n)
-	}
-}
-
-// poll calls f until it succeeds or timeout passes.
-func poll(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -11,81 +11,20 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/handoff-go/handoff/handlers"
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
-
-// fakeKV is an in-memory handlers.KV. A non-nil err fails every call.
-type fakeKV struct {
-	mu  sync.Mutex
-	m   map[string][]byte
-	err error
-}
-
-func newFakeKV() *fakeKV { return &fakeKV{m: make(map[string][]byte)} }
-
-func (f *fakeKV) Get(ctx context.Context, key string) ([]byte, bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return nil, false, f.err
-	}
-	v, ok := f.m[key]
-	return v, ok, nil
-}
-
-func (f *fakeKV) Put(ctx context.Context, key string, value []byte) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return false, f.err
-	}
-	_, existed := f.m[key]
-	f.m[key] = value
-	return !existed, nil
-}
-
-func (f *fakeKV) Delete(ctx context.Context, key string) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return false, f.err
-	}
-	_, existed := f.m[key]
-	delete(f.m, key)
-	return existed, nil
-}
-
-func (f *fakeKV) List(ctx context.Context, prefix, after string, limit int) ([]string, string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return nil, "", f.err
-	}
-	var keys []string
-	for k := range f.m {
-		if strings.HasPrefix(k, prefix) && k > after {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	if len(keys) > limit {
-		return keys[:limit], keys[limit-1], nil
-	}
-	return keys, "", nil
-}
 
 func newKVApp(t testing.TB, kv handlers.KV) http.Handler {
 	t.Helper()
 	return handlers.New(handlers.Options{
 		Info:      handlers.Info{Generation: 7},
 		Lifecycle: &fakeLifecycle{ready: true},
-		Logger:    zerolog.New(zerolog.NewTestWriter(t)),
+		Logger:    testkit.Logger(t),
 		KV:        kv,
 	})
 }
@@ -100,7 +39,7 @@ func do(h http.Handler, method, target, body string) *httptest.ResponseRecorder 
 
 // The steps run in order against one store.
 func TestKV(t *testing.T) {
-	h := newKVApp(t, newFakeKV())
+	h := newKVApp(t, testkit.NewMemKV())
 	long := strings.Repeat("k", handlers.MaxKeyLen)
 	steps := []struct {
 		method, target, body string
@@ -191,7 +130,7 @@ func TestKV(t *testing.T) {
 }
 
 func TestKVCreatedLocation(t *testing.T) {
-	h := newKVApp(t, newFakeKV())
+	h := newKVApp(t, testkit.NewMemKV())
 	rec := do(h, "PUT", "/kv/a%20b/c", "v")
 	if loc := rec.Header().Get("Location"); rec.Code != 201 || loc != "/kv/a%20b/c" {
 		t.Errorf("PUT /kv/a%%20b/c: status %d, Location %q; want 201, /kv/a%%20b/c", rec.Code, loc)
@@ -242,8 +181,8 @@ func TestKVKeysAreOpaque(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
-			kv := newFakeKV()
-			kv.m["other"] = []byte("untouched")
+			kv := testkit.NewMemKV()
+			kv.Set("other", []byte("untouched"))
 			srv := httptest.NewServer(newKVApp(t, kv))
 			defer srv.Close()
 			target := srv.URL + "/kv/" + tt.path
@@ -252,8 +191,8 @@ func TestKVKeysAreOpaque(t *testing.T) {
 			if resp.StatusCode != 201 {
 				t.Fatalf("PUT /kv/%s: status %d (Location %q, body %q), want 201", tt.path, resp.StatusCode, resp.Header.Get("Location"), body)
 			}
-			if got := string(kv.m[tt.key]); got != "v:"+tt.key || len(kv.m) != 2 {
-				t.Fatalf("PUT /kv/%s: store %q, want key %q set and nothing else", tt.path, kv.m, tt.key)
+			if m := kv.Snapshot(""); string(m[tt.key]) != "v:"+tt.key || len(m) != 2 {
+				t.Fatalf("PUT /kv/%s: store %q, want key %q set and nothing else", tt.path, m, tt.key)
 			}
 			loc := resp.Header.Get("Location")
 			if loc != tt.location {
@@ -272,15 +211,16 @@ func TestKVKeysAreOpaque(t *testing.T) {
 			if resp, body := send(t, "DELETE", target, ""); resp.StatusCode != 204 {
 				t.Errorf("DELETE /kv/%s: %d %q (Location %q), want 204", tt.path, resp.StatusCode, body, resp.Header.Get("Location"))
 			}
-			if _, ok := kv.m[tt.key]; ok || string(kv.m["other"]) != "untouched" || len(kv.m) != 1 {
-				t.Errorf("after DELETE /kv/%s: store %q, want only other", tt.path, kv.m)
+			m := kv.Snapshot("")
+			if _, ok := m[tt.key]; ok || string(m["other"]) != "untouched" || len(m) != 1 {
+				t.Errorf("after DELETE /kv/%s: store %q, want only other", tt.path, m)
 			}
 		})
 	}
 }
 
 func TestKVListPages(t *testing.T) {
-	kv := newFakeKV()
+	kv := testkit.NewMemKV()
 	h := newKVApp(t, kv)
 	want := []string{"p/1", "p/2", "p/3", "p/4", "p/5"}
 	for _, k := range append([]string{"a", "q"}, want...) {
@@ -336,8 +276,8 @@ func TestKVStoreErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			kv := newFakeKV()
-			kv.err = tt.err
+			kv := testkit.NewMemKV()
+			kv.SetErr(tt.err)
 			h := newKVApp(t, kv)
 			for _, r := range []struct{ method, target, body string }{
 				{"GET", "/kv/a", ""}, {"PUT", "/kv/a", "v"}, {"DELETE", "/kv/a", ""}, {"GET", "/kv", ""},
@@ -391,7 +331,7 @@ func FuzzKVKey(f *testing.F) {
 		f.Add(k)
 	}
 	f.Fuzz(func(t *testing.T, key string) {
-		kv := newFakeKV()
+		kv := testkit.NewMemKV()
 		h := newKVApp(t, kv)
 		req := httptest.NewRequest("PUT", "/kv/x", strings.NewReader("value"))
 		req.URL = &url.URL{Path: "/kv/" + key}
@@ -402,7 +342,7 @@ func FuzzKVKey(f *testing.F) {
 			if !validKey(key) {
 				t.Fatalf("PUT of invalid key %q: status 201, want 400", key)
 			}
-			if got, ok := kv.m[key]; !ok || string(got) != "value" {
+			if got, ok := kv.Snapshot("")[key]; !ok || string(got) != "value" {
 				t.Fatalf("PUT of key %q: store holds %q (%v), want value", key, got, ok)
 			}
 			// The Location names the same key, resolved as a client does.
@@ -425,8 +365,8 @@ func FuzzKVKey(f *testing.F) {
 			if validKey(key) {
 				t.Fatalf("PUT of valid key %q: status 400 (%s), want 201", key, rec.Body.String())
 			}
-			if len(kv.m) != 0 {
-				t.Fatalf("PUT of invalid key %q changed the store: %q", key, kv.m)
+			if m := kv.Snapshot(""); len(m) != 0 {
+				t.Fatalf("PUT of invalid key %q changed the store: %q", key, m)
 			}
 			var e struct{ Error string }
 			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error == "" {
@@ -447,9 +387,9 @@ func FuzzKVList(f *testing.F) {
 	} {
 		f.Add(q)
 	}
-	kv := newFakeKV()
+	kv := testkit.NewMemKV()
 	for _, k := range []string{"a", "a/1", "b"} {
-		kv.m[k] = []byte("v")
+		kv.Set(k, []byte("v"))
 	}
 	f.Fuzz(func(t *testing.T, query string) {
 		h := newKVApp(t, kv)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/restarttest"
 )
 
@@ -75,11 +76,11 @@ func hup(seen *pids) func(context.Context, restarttest.RestartInfo) error {
 }
 
 func helperConfig(t *testing.T, kind string) restarttest.Config {
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	return restarttest.Config{
 		Command:  []string{os.Args[0]},
 		Env:      []string{helperEnv + "=" + kind, "RESTARTTEST_HELPER_ADDR=" + addr, genEnv + "="},
-		Output:   testWriter{t},
+		Output:   testkit.LogWriter(t),
 		URL:      "http://" + addr + "/",
 		Restarts: 3,
 		Interval: 400 * time.Millisecond,
@@ -89,14 +90,6 @@ func helperConfig(t *testing.T, kind string) restarttest.Config {
 		Clients:        12,
 		Logf:           t.Logf,
 	}
-}
-
-// testWriter sends the servers' output to the test log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 // A server that drains with a plain http.Server.Shutdown loses requests on
@@ -225,7 +218,7 @@ func TestCheckCountsProcesses(t *testing.T) {
 func TestCheckServerExits(t *testing.T) {
 	_, err := restarttest.Check(t.Context(), restarttest.Config{
 		Shell: "echo no config >&2; exit 3",
-		URL:   "http://" + freeAddr(t) + "/",
+		URL:   "http://" + testkit.FreeAddr(t) + "/",
 	})
 	if err == nil || !strings.Contains(err.Error(), "exited before it answered") || !strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("Check of a server that exits 3: err = %v, want it to say it exited with status 3 before answering", err)
@@ -241,7 +234,7 @@ func TestCheckNeverAnswers(t *testing.T) {
 	_, err := restarttest.Check(t.Context(), restarttest.Config{
 		Shell:        "sleep 300 & echo $! > child.pid; echo $$ > server.pid; wait",
 		Dir:          dir,
-		URL:          "http://" + freeAddr(t) + "/",
+		URL:          "http://" + testkit.FreeAddr(t) + "/",
 		ReadyTimeout: 500 * time.Millisecond,
 	})
 	if err == nil || !strings.Contains(err.Error(), "did not answer") || !strings.Contains(err.Error(), "refused") {

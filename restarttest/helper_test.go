@@ -59,17 +59,11 @@ func helperGeneration() string {
 // listener over on SIGHUP, and the old generation stops with grpc-go's
 // GracefulStop (the two-step GOAWAY), bounded.
 func grpcServer(addr string) error {
-	gen := helperGeneration()
-	upg, err := tableflip.New(tableflip.Options{})
+	gen, upg, ln, err := listen(addr)
 	if err != nil {
 		return err
 	}
 	defer upg.Stop()
-	upgradeOnHUP(upg)
-	ln, err := upg.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		grpc.SetHeader(ctx, metadata.Pairs("x-generation", gen))
 		return h(ctx, req)
@@ -95,17 +89,11 @@ func grpcServer(addr string) error {
 // httpServer is the tableflip README's server: a plain Shutdown after the
 // handoff, which closes idle keep-alive connections at once.
 func httpServer(addr string) error {
-	gen := helperGeneration()
-	upg, err := tableflip.New(tableflip.Options{})
+	gen, upg, ln, err := listen(addr)
 	if err != nil {
 		return err
 	}
 	defer upg.Stop()
-	upgradeOnHUP(upg)
-	ln, err := upg.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
 	var p http.Protocols
 	p.SetHTTP1(true)
 	p.SetUnencryptedHTTP2(true)
@@ -134,6 +122,22 @@ func httpServer(addr string) error {
 	return srv.Shutdown(ctx)
 }
 
+// listen is how every helper server starts: it learns its generation,
+// upgrades on SIGHUP, and listens on addr (inherited after an upgrade).
+// The caller stops upg.
+func listen(addr string) (gen string, upg *tableflip.Upgrader, ln net.Listener, err error) {
+	gen = helperGeneration()
+	if upg, err = tableflip.New(tableflip.Options{}); err != nil {
+		return "", nil, nil, err
+	}
+	upgradeOnHUP(upg)
+	if ln, err = upg.Listen("tcp", addr); err != nil {
+		upg.Stop()
+		return "", nil, nil, err
+	}
+	return gen, upg, ln, nil
+}
+
 // upgradeOnHUP upgrades on SIGHUP. It sets up the signal before it
 // returns: a SIGHUP that came before would kill the process.
 func upgradeOnHUP(upg *tableflip.Upgrader) {
@@ -151,15 +155,4 @@ func upgradeOnHUP(upg *tableflip.Upgrader) {
 			}
 		}
 	}()
-}
-
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

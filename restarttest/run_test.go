@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/restarttest"
 )
 
@@ -46,7 +47,7 @@ func TestRun(t *testing.T) {
 	})
 	t.Run("never answers", func(t *testing.T) {
 		f := &fakeTB{TB: t}
-		restarttest.Run(f, restarttest.Config{Shell: "exec sleep 60", URL: "http://" + freeAddr(t) + "/", ReadyTimeout: 300 * time.Millisecond})
+		restarttest.Run(f, restarttest.Config{Shell: "exec sleep 60", URL: "http://" + testkit.FreeAddr(t) + "/", ReadyTimeout: 300 * time.Millisecond})
 		if len(f.fatals) != 1 || !strings.Contains(f.fatals[0], "did not answer") {
 			t.Errorf("Run of a server that never answers: fatals %q, want one that says it did not answer", f.fatals)
 		}

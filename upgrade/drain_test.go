@@ -1,91 +1,39 @@
 package upgrade_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
-	"github.com/rs/zerolog"
 )
-
-// inProcess is a server run by a standalone Upgrader inside the test.
-type inProcess struct {
-	u      *upgrade.Upgrader
-	addr   string
-	runErr chan error
-}
-
-// startInProcess serves h on a loopback port through a standalone
-// Upgrader, and stops it when the test ends.
-func startInProcess(t *testing.T, opts upgrade.Options, h http.Handler, setup ...func(*upgrade.Upgrader)) *inProcess {
-	t.Helper()
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	return startHTTP(t, opts, &http.Server{Handler: h, Protocols: &p, ReadHeaderTimeout: 5 * time.Second}, setup...)
-}
-
-// startHTTP serves srv on a loopback port through a standalone Upgrader,
-// and stops it when the test ends.
-func startHTTP(t *testing.T, opts upgrade.Options, srv *http.Server, setup ...func(*upgrade.Upgrader)) *inProcess {
-	t.Helper()
-	opts.Standalone = true
-	opts.IgnoreSignals = true
-	opts.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	u, err := upgrade.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := u.Listen(t.Context(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Serve(ln, upgrade.HTTP(srv), nil)
-	for _, f := range setup {
-		f(u)
-	}
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	s := &inProcess{u: u, addr: ln.Addr().String(), runErr: make(chan error, 1)}
-	go func() { s.runErr <- u.Run(context.Background()) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		u.Shutdown(ctx)
-		<-s.runErr
-	})
-	return s
-}
 
 // shutdownAsync starts a graceful stop and returns its result channel, once
 // the drain has begun.
-func (s *inProcess) shutdownAsync(t *testing.T) <-chan error {
+func shutdownAsync(t *testing.T, s *testkit.Server) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		done <- s.u.Shutdown(ctx)
+		done <- s.Upgrader.Shutdown(ctx)
 	}()
 	select {
-	case <-s.u.Draining():
+	case <-s.Upgrader.Draining():
 	case <-time.After(10 * time.Second):
 		t.Fatal("drain did not begin within 10s of Shutdown")
 	}
 	return done
 }
 
-func (s *inProcess) lastDrain(t *testing.T, done <-chan error) upgrade.DrainRecord {
+func lastDrain(t *testing.T, s *testkit.Server, done <-chan error) upgrade.DrainRecord {
 	t.Helper()
 	select {
 	case err := <-done:
@@ -95,43 +43,11 @@ func (s *inProcess) lastDrain(t *testing.T, done <-chan error) upgrade.DrainReco
 	case <-time.After(30 * time.Second):
 		t.Fatal("Shutdown did not return within 30s")
 	}
-	st := s.u.Status()
+	st := s.Upgrader.Status()
 	if st.LastDrain == nil {
 		t.Fatal("status has no drain record after Shutdown")
 	}
 	return *st.LastDrain
-}
-
-// rawConn is a client connection that sends HTTP/1.1 requests itself and
-// never retries, so a connection closed under it shows as an error.
-type rawConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func dialRaw(t *testing.T, addr string) *rawConn {
-	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &rawConn{Conn: c, r: bufio.NewReader(c)}
-}
-
-func (c *rawConn) get(path string) (*http.Response, error) {
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	req, _ := http.NewRequest("GET", "http://x"+path, nil)
-	if err := req.Write(c); err != nil {
-		return nil, err
-	}
-	resp, err := http.ReadResponse(c.r, req)
-	if err != nil {
-		return nil, err
-	}
-	_, err = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, err
 }
 
 func okHandler() http.Handler {
@@ -142,24 +58,24 @@ func okHandler() http.Handler {
 // once, so a request the client writes at that moment is lost. The drain
 // answers it instead, with Connection: close.
 func TestDrainAnswersRecentlyIdleConnection(t *testing.T) {
-	s := startInProcess(t, upgrade.Options{IdleGrace: 5 * time.Second}, okHandler())
-	c := dialRaw(t, s.addr)
-	if resp, err := c.get("/"); err != nil || resp.Close {
+	s := testkit.StartHTTP(t, upgrade.Options{IdleGrace: 5 * time.Second}, okHandler())
+	c := testkit.Dial(t, s.Addr)
+	if resp, _, err := c.Get("/"); err != nil || resp.Close {
 		t.Fatalf("first request: close %v, error %v; want a kept-alive answer", resp != nil && resp.Close, err)
 	}
 
-	done := s.shutdownAsync(t)
-	resp, err := c.get("/")
+	done := shutdownAsync(t, s)
+	resp, _, err := c.Get("/")
 	if err != nil {
 		t.Fatalf("request on a connection idle for less than the grace period, during the drain: %v", err)
 	}
 	if resp.StatusCode != 200 || !resp.Close {
 		t.Errorf("request during drain: status %d, Connection: close %v; want 200 and true", resp.StatusCode, resp.Close)
 	}
-	if _, err := c.r.ReadByte(); err != io.EOF {
+	if _, err := c.Reader.ReadByte(); err != io.EOF {
 		t.Errorf("read after the last answer: %v, want EOF (the server closes the connection)", err)
 	}
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.AfterResponse != 1 || d.Closed.Total() != 1 {
 		t.Errorf("drain closes = %+v, want one after_response", d.Closed)
 	}
@@ -171,18 +87,18 @@ func TestDrainAnswersRecentlyIdleConnection(t *testing.T) {
 // A connection idle for longer than the grace period is half-closed: the
 // client reads EOF, never a reset.
 func TestDrainHalfClosesLongIdleConnection(t *testing.T) {
-	s := startInProcess(t, upgrade.Options{IdleGrace: 50 * time.Millisecond, CloseSpread: time.Millisecond}, okHandler())
-	c := dialRaw(t, s.addr)
-	if _, err := c.get("/"); err != nil {
+	s := testkit.StartHTTP(t, upgrade.Options{IdleGrace: 50 * time.Millisecond, CloseSpread: time.Millisecond}, okHandler())
+	c := testkit.Dial(t, s.Addr)
+	if _, _, err := c.Get("/"); err != nil {
 		t.Fatal(err)
 	}
-	done := s.shutdownAsync(t)
+	done := shutdownAsync(t, s)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.r.ReadByte(); err != io.EOF {
+	if _, err := c.Reader.ReadByte(); err != io.EOF {
 		t.Fatalf("read on an idle connection during the drain: %v, want EOF", err)
 	}
 	c.Close()
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.Idle != 1 || d.Closed.Total() != 1 {
 		t.Errorf("drain closes = %+v, want one idle", d.Closed)
 	}
@@ -193,15 +109,15 @@ func TestDrainHalfClosesLongIdleConnection(t *testing.T) {
 func TestDrainSpreadsIdleCloses(t *testing.T) {
 	const n = 20
 	spread := 400 * time.Millisecond
-	s := startInProcess(t, upgrade.Options{IdleGrace: time.Millisecond, CloseSpread: spread}, okHandler())
-	conns := make([]*rawConn, n)
+	s := testkit.StartHTTP(t, upgrade.Options{IdleGrace: time.Millisecond, CloseSpread: spread}, okHandler())
+	conns := make([]*testkit.Conn, n)
 	for i := range conns {
-		conns[i] = dialRaw(t, s.addr)
-		if _, err := conns[i].get("/"); err != nil {
+		conns[i] = testkit.Dial(t, s.Addr)
+		if _, _, err := conns[i].Get("/"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	done := s.shutdownAsync(t)
+	done := shutdownAsync(t, s)
 	var mu sync.Mutex
 	var first, last time.Time
 	var wg sync.WaitGroup
@@ -210,7 +126,7 @@ func TestDrainSpreadsIdleCloses(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, err := c.r.ReadByte()
+			_, err := c.Reader.ReadByte()
 			at := time.Now()
 			c.Close()
 			if err != io.EOF {
@@ -227,7 +143,7 @@ func TestDrainSpreadsIdleCloses(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.Idle != n {
 		t.Errorf("drain closed %d idle connections, want %d", d.Closed.Idle, n)
 	}
@@ -246,17 +162,17 @@ func TestDrainCompletesInFlightRequest(t *testing.T) {
 		<-release
 		fmt.Fprint(w, "done")
 	})
-	s := startInProcess(t, upgrade.Options{}, h)
-	c := dialRaw(t, s.addr)
+	s := testkit.StartHTTP(t, upgrade.Options{}, h)
+	c := testkit.Dial(t, s.Addr)
 	got := make(chan error, 1)
 	var resp *http.Response
 	go func() {
 		var err error
-		resp, err = c.get("/")
+		resp, _, err = c.Get("/")
 		got <- err
 	}()
 	<-entered
-	done := s.shutdownAsync(t)
+	done := shutdownAsync(t, s)
 	close(release)
 	if err := <-got; err != nil {
 		t.Fatalf("request in flight across the drain: %v", err)
@@ -264,7 +180,7 @@ func TestDrainCompletesInFlightRequest(t *testing.T) {
 	if resp.StatusCode != 200 || !resp.Close {
 		t.Errorf("in-flight request: status %d, Connection: close %v; want 200 and true", resp.StatusCode, resp.Close)
 	}
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.AfterResponse != 1 || d.Closed.Forced != 0 {
 		t.Errorf("drain closes = %+v, want one after_response and none forced", d.Closed)
 	}
@@ -277,16 +193,16 @@ func TestDrainForcesAtDeadline(t *testing.T) {
 		entered <- struct{}{}
 		<-r.Context().Done() // never answers
 	})
-	s := startInProcess(t, upgrade.Options{DrainTimeout: 200 * time.Millisecond}, h)
-	c := dialRaw(t, s.addr)
+	s := testkit.StartHTTP(t, upgrade.Options{DrainTimeout: 200 * time.Millisecond}, h)
+	c := testkit.Dial(t, s.Addr)
 	got := make(chan error, 1)
 	go func() {
-		_, err := c.get("/")
+		_, _, err := c.Get("/")
 		got <- err
 	}()
 	<-entered
-	done := s.shutdownAsync(t)
-	d := s.lastDrain(t, done)
+	done := shutdownAsync(t, s)
+	d := lastDrain(t, s, done)
 	if d.Closed.Forced != 1 {
 		t.Errorf("drain closes = %+v, want one forced", d.Closed)
 	}
@@ -306,11 +222,11 @@ func TestDrainHTTP2(t *testing.T) {
 		}
 		fmt.Fprint(w, r.Proto)
 	})
-	s := startInProcess(t, upgrade.Options{}, h)
+	s := testkit.StartHTTP(t, upgrade.Options{}, h)
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	c := &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
-	resp, err := c.Get("http://" + s.addr + "/")
+	resp, err := c.Get(s.URL("/"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +236,7 @@ func TestDrainHTTP2(t *testing.T) {
 	}
 	got := make(chan error, 1)
 	go func() {
-		resp, err := c.Get("http://" + s.addr + "/wait")
+		resp, err := c.Get(s.URL("/wait"))
 		if err == nil {
 			_, err = io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -328,12 +244,12 @@ func TestDrainHTTP2(t *testing.T) {
 		got <- err
 	}()
 	<-entered
-	done := s.shutdownAsync(t)
+	done := shutdownAsync(t, s)
 	close(release)
 	if err := <-got; err != nil {
 		t.Errorf("HTTP/2 stream in flight across the drain: %v", err)
 	}
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.HTTP2 != 1 || d.Closed.Total() != 1 {
 		t.Errorf("drain closes = %+v, want one http2", d.Closed)
 	}
@@ -343,25 +259,25 @@ func TestDrainHTTP2(t *testing.T) {
 // accepts and answers; the drain begins after it.
 func TestShutdownDelayKeepsServing(t *testing.T) {
 	delay := 500 * time.Millisecond
-	s := startInProcess(t, upgrade.Options{ShutdownDelay: delay}, okHandler())
-	if !s.u.IsReady() {
+	s := testkit.StartHTTP(t, upgrade.Options{ShutdownDelay: delay}, okHandler())
+	if !s.Upgrader.IsReady() {
 		t.Fatal("IsReady before stop = false, want true")
 	}
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- s.u.Shutdown(context.Background()) }()
-	poll(t, 5*time.Second, "IsReady after stop", func() error {
-		if s.u.IsReady() {
+	go func() { done <- s.Upgrader.Shutdown(context.Background()) }()
+	testkit.WaitFor(t, 5*time.Second, "IsReady after stop", func() error {
+		if s.Upgrader.IsReady() {
 			return errors.New("still ready")
 		}
 		return nil
 	})
-	resp, err := dialRaw(t, s.addr).get("/")
+	resp, _, err := testkit.Dial(t, s.Addr).Get("/")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("new connection during the shutdown delay: %v", err)
 	}
 	select {
-	case <-s.u.Draining():
+	case <-s.Upgrader.Draining():
 		if time.Since(start) < delay {
 			t.Errorf("drain began %v after stop, before the %v delay", time.Since(start), delay)
 		}
@@ -383,7 +299,7 @@ func TestCleanupOrderAndBounds(t *testing.T) {
 		order = append(order, s)
 		mu.Unlock()
 	}
-	s := startInProcess(t, upgrade.Options{CleanupTimeout: 100 * time.Millisecond}, okHandler(), func(u *upgrade.Upgrader) {
+	s := testkit.Start(t, upgrade.Options{CleanupTimeout: 100 * time.Millisecond}, func(u *upgrade.Upgrader) upgrade.Server {
 		u.OnCleanup("close database", func(ctx context.Context) error { note("database"); return nil })
 		u.OnCleanup("hangs", func(ctx context.Context) error { note("hangs"); select {} })
 		u.OnCleanup("fails", func(ctx context.Context) error { note("fails"); return errors.New("disk full") })
@@ -396,14 +312,15 @@ func TestCleanupOrderAndBounds(t *testing.T) {
 			}
 			return nil
 		})
+		return upgrade.HTTP(testkit.HTTPServer(okHandler()))
 	})
-	if err := s.u.OnCleanup("late", func(context.Context) error { return nil }); err == nil {
+	if err := s.Upgrader.OnCleanup("late", func(context.Context) error { return nil }); err == nil {
 		t.Error("OnCleanup after Ready: err = nil, want an error")
 	}
-	if _, err := s.u.Listen(t.Context(), "tcp", "127.0.0.1:0"); err == nil {
+	if _, err := s.Upgrader.Listen(t.Context(), "tcp", "127.0.0.1:0"); err == nil {
 		t.Error("Listen after Ready: err = nil, want an error")
 	}
-	if err := s.u.Shutdown(context.Background()); err != nil {
+	if err := s.Upgrader.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"cache", "fails", "hangs", "database"}
@@ -424,7 +341,7 @@ func TestSecondSignalForcesExit(t *testing.T) {
 	})
 	u, err := upgrade.New(upgrade.Options{
 		Standalone: true, DrainTimeout: time.Minute,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+		Logger: testkit.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -460,25 +377,8 @@ func TestSecondSignalForcesExit(t *testing.T) {
 }
 
 func TestStandaloneRefusesUpgrade(t *testing.T) {
-	s := startInProcess(t, upgrade.Options{}, okHandler())
-	if _, err := s.u.Upgrade(t.Context()); !errors.Is(err, upgrade.ErrStandalone) {
+	s := testkit.StartHTTP(t, upgrade.Options{}, okHandler())
+	if _, err := s.Upgrader.Upgrade(t.Context()); !errors.Is(err, upgrade.ErrStandalone) {
 		t.Errorf("Upgrade in standalone mode = %v, want ErrStandalone", err)
-	}
-}
-
-// poll calls f until it succeeds or timeout passes, and fails the test with
-// f's last error.
-func poll(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after %v: %v", what, timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -2,21 +2,17 @@ package upgrade_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -129,47 +125,18 @@ type response struct {
 	done        bool // END_STREAM seen
 }
 
-// selfSigned is a TLS certificate for 127.0.0.1 and a client config that
-// trusts it.
-func selfSigned(t *testing.T) (tls.Certificate, *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, &tls.Config{RootCAs: pool}
-}
-
 // startH2 serves h with HTTP/2: over TLS (and HTTP/1.1) when useTLS, else
 // h2c (and HTTP/1.1). It returns the client's TLS config, nil for h2c.
-func startH2(t *testing.T, opts upgrade.Options, h http.Handler, useTLS bool) (*inProcess, *tls.Config) {
+func startH2(t *testing.T, opts upgrade.Options, h http.Handler, useTLS bool) (*testkit.Server, *tls.Config) {
 	t.Helper()
 	if !useTLS {
-		return startInProcess(t, opts, h), nil
+		return testkit.StartHTTP(t, opts, h), nil
 	}
-	cert, client := selfSigned(t)
+	cert := testkit.SelfSigned(t, 1)
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}},
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert.TLS()}},
 		// The caller's hook sees the connection net/http's own HTTP/2
 		// server would show it, not the drain's wrapper.
 		ConnState: func(c net.Conn, st http.ConnState) {
@@ -178,7 +145,7 @@ func startH2(t *testing.T, opts upgrade.Options, h http.Handler, useTLS bool) (*
 			}
 		},
 	}
-	return startHTTP(t, opts, srv), client
+	return testkit.Start(t, opts, func(*upgrade.Upgrader) upgrade.Server { return upgrade.HTTP(srv) }), cert.ClientConfig()
 }
 
 // Regression: net/http ends an HTTP/2 connection with one GOAWAY naming
@@ -201,11 +168,11 @@ func TestDrainHTTP2TwoStepGoAway(t *testing.T) {
 			})
 			// The final GOAWAY must wait for the ACK, however long it takes.
 			s, tc := startH2(t, upgrade.Options{GoAwayAckTimeout: time.Hour}, h, useTLS)
-			c := dialH2(t, s.addr, tc)
+			c := dialH2(t, s.Addr, tc)
 			resp := map[uint32]*response{}
 			c.get(1, "/wait")
 			<-entered
-			done := s.shutdownAsync(t)
+			done := shutdownAsync(t, s)
 
 			var ping [8]byte
 			for sawGoAway := false; ; {
@@ -257,7 +224,7 @@ func TestDrainHTTP2TwoStepGoAway(t *testing.T) {
 			}
 			c.c.Close()
 
-			d := s.lastDrain(t, done)
+			d := lastDrain(t, s, done)
 			want2 := upgrade.CloseCounts{HTTP2: 1, HTTP2TwoStep: 1, StreamsBetweenGoaways: 1}
 			if d.Closed != want2 {
 				t.Errorf("drain closes = %+v, want %+v", d.Closed, want2)
@@ -270,13 +237,13 @@ func TestDrainHTTP2TwoStepGoAway(t *testing.T) {
 // GoAwayAckTimeout has passed.
 func TestDrainHTTP2FinalGoAwayWithoutAck(t *testing.T) {
 	s, _ := startH2(t, upgrade.Options{GoAwayAckTimeout: 100 * time.Millisecond}, okHandler(), false)
-	c := dialH2(t, s.addr, nil)
+	c := dialH2(t, s.Addr, nil)
 	resp := map[uint32]*response{}
 	c.get(1, "/")
 	for r := resp[1]; r == nil || !r.done; r = resp[1] {
 		c.next(resp)
 	}
-	done := s.shutdownAsync(t)
+	done := shutdownAsync(t, s)
 	var goAways []uint32
 	for len(goAways) < 2 {
 		if g, ok := c.next(resp).(*http2.GoAwayFrame); ok {
@@ -287,7 +254,7 @@ func TestDrainHTTP2FinalGoAwayWithoutAck(t *testing.T) {
 		t.Errorf("GOAWAYs with last stream ids %v, want [%d 1]", goAways, uint32(1<<31-1))
 	}
 	c.c.Close()
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.HTTP2TwoStep != 1 || d.Closed.Forced != 0 {
 		t.Errorf("drain closes = %+v, want one two-step HTTP/2 close and none forced", d.Closed)
 	}
@@ -303,7 +270,7 @@ func TestDrainHTTP2AfterServerGoAway(t *testing.T) {
 		fmt.Fprint(w, "ok")
 	})
 	s, _ := startH2(t, upgrade.Options{GoAwayAckTimeout: time.Hour}, h, false)
-	c := dialH2(t, s.addr, nil)
+	c := dialH2(t, s.Addr, nil)
 	resp := map[uint32]*response{}
 	c.get(1, "/")
 	var goAways []uint32
@@ -312,7 +279,7 @@ func TestDrainHTTP2AfterServerGoAway(t *testing.T) {
 			goAways = append(goAways, g.LastStreamID)
 		}
 	}
-	done := s.shutdownAsync(t)
+	done := shutdownAsync(t, s)
 	for {
 		c.c.SetReadDeadline(time.Now().Add(20 * time.Second))
 		f, err := c.fr.ReadFrame()
@@ -329,7 +296,7 @@ func TestDrainHTTP2AfterServerGoAway(t *testing.T) {
 	if len(goAways) != 1 || goAways[0] != 1 {
 		t.Errorf("GOAWAYs with last stream ids %v, want [1]", goAways)
 	}
-	d := s.lastDrain(t, done)
+	d := lastDrain(t, s, done)
 	if d.Closed.HTTP2 != 1 || d.Closed.HTTP2TwoStep != 0 || d.Closed.Forced != 0 {
 		t.Errorf("drain closes = %+v, want one HTTP/2 close, not two-step, none forced", d.Closed)
 	}

@@ -1,22 +1,19 @@
 package upgrade_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
 	"github.com/rs/zerolog"
 )
@@ -74,54 +71,8 @@ func helperMain() int {
 	return 0
 }
 
-// helperLogs collects the JSON events of every helper generation.
-type helperLogs struct {
-	mu      sync.Mutex
-	events  []map[string]any
-	changed chan struct{}
-}
-
-func (h *helperLogs) read(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		var ev map[string]any
-		if json.Unmarshal(sc.Bytes(), &ev) != nil {
-			ev = map[string]any{"message": sc.Text()}
-		}
-		h.mu.Lock()
-		h.events = append(h.events, ev)
-		close(h.changed)
-		h.changed = make(chan struct{})
-		h.mu.Unlock()
-	}
-}
-
-func (h *helperLogs) wait(t *testing.T, what string, match func(map[string]any) bool) map[string]any {
-	t.Helper()
-	deadline := time.After(time.Minute)
-	for {
-		h.mu.Lock()
-		changed := h.changed
-		for _, ev := range h.events {
-			if match(ev) {
-				h.mu.Unlock()
-				return ev
-			}
-		}
-		h.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("waiting for %s: not logged within a minute", what)
-		}
-	}
-}
-
-func msgIs(msg string, gen int) func(map[string]any) bool {
-	return func(ev map[string]any) bool {
-		g, _ := ev["generation"].(float64)
-		return ev["message"] == msg && int(g) == gen
-	}
+func msgIs(msg string, gen int) func(testkit.LogLine) bool {
+	return func(l testkit.LogLine) bool { return l.Msg() == msg && l.Int("generation") == gen }
 }
 
 // The real handoff: a new generation that fails before ready leaves the old
@@ -129,12 +80,7 @@ func msgIs(msg string, gen int) func(map[string]any) bool {
 // inherits the socket, and the old one drains, runs its cleanup and exits 0.
 func TestHandoffWithTableflip(t *testing.T) {
 	dir := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testkit.FreeAddr(t)
 	failFile := filepath.Join(dir, "fail")
 	marks := filepath.Join(dir, "marks")
 
@@ -150,8 +96,7 @@ func TestHandoffWithTableflip(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	logs := &helperLogs{changed: make(chan struct{})}
-	go logs.read(r) // ends when every generation has exited
+	logs := testkit.ReadLog(r, nil)
 	var gen2 int
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -159,10 +104,9 @@ func TestHandoffWithTableflip(t *testing.T) {
 			syscall.Kill(gen2, syscall.SIGKILL)
 		}
 	})
-	logs.wait(t, "generation 1 ready", msgIs("ready", 1))
+	logs.Wait(t, time.Minute, "generation 1 ready", msgIs("ready", 1))
 	get := func() string {
-		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-		resp, err := c.Get("http://" + addr + "/")
+		resp, err := testkit.NewConnClient().Get("http://" + addr + "/")
 		if err != nil {
 			t.Fatalf("GET /: %v", err)
 		}
@@ -178,11 +122,11 @@ func TestHandoffWithTableflip(t *testing.T) {
 	// A new generation that exits before it is ready.
 	os.WriteFile(failFile, nil, 0o600)
 	cmd.Process.Signal(syscall.SIGHUP)
-	failed := logs.wait(t, "upgrade failed", msgIs("upgrade failed: old generation keeps serving", 1))
-	if failed["exit_status"] != "exit status 3" {
-		t.Errorf("upgrade failed: exit_status = %v, want exit status 3", failed["exit_status"])
+	failed := logs.Wait(t, time.Minute, "upgrade failed", msgIs("upgrade failed: old generation keeps serving", 1))
+	if got := failed.Str("exit_status"); got != "exit status 3" {
+		t.Errorf("upgrade failed: exit_status = %q, want exit status 3", got)
 	}
-	if tail := fmt.Sprint(failed["stderr_tail"]); !strings.Contains(tail, "fail file present") {
+	if tail := fmt.Sprint(failed.Fields["stderr_tail"]); !strings.Contains(tail, "fail file present") {
 		t.Errorf("upgrade failed: stderr_tail = %s, want the child's last words", tail)
 	}
 	if got := get(); got != gen1 {
@@ -192,8 +136,8 @@ func TestHandoffWithTableflip(t *testing.T) {
 	// A good one.
 	os.Remove(failFile)
 	cmd.Process.Signal(syscall.SIGHUP)
-	ready := logs.wait(t, "generation 2 ready", msgIs("ready", 2))
-	gen2 = int(ready["pid"].(float64))
+	ready := logs.Wait(t, time.Minute, "generation 2 ready", msgIs("ready", 2))
+	gen2 = ready.Int("pid")
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("generation 1 after handoff: %v, want exit status 0", err)
 	}

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
-	"github.com/rs/zerolog"
 )
 
 func TestCanonicalAddr(t *testing.T) {
@@ -47,27 +47,15 @@ func TestCanonicalAddr(t *testing.T) {
 
 func newStandalone(t *testing.T) *upgrade.Upgrader {
 	t.Helper()
-	u, err := upgrade.New(upgrade.Options{Standalone: true, IgnoreSignals: true, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	u, err := upgrade.New(upgrade.Options{Standalone: true, IgnoreSignals: true, Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return u
 }
 
-// socketDir is a short private directory: unix socket paths are limited to
-// 108 bytes.
-func socketDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "ho-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 func TestListenUnixSocket(t *testing.T) {
-	dir := socketDir(t)
+	dir := testkit.ShortTempDir(t)
 	path := filepath.Join(dir, "control.sock")
 	u := newStandalone(t)
 

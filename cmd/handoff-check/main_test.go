@@ -2,17 +2,9 @@ package main_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // The command's tests run the real binaries: handoff-check, the reference
@@ -131,23 +124,13 @@ func (r result) outcome(o string) int {
 	return int(v)
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 const restarts = "5"
 
 // The tableflip README's server drains with a plain Shutdown: the kit must
 // see the requests it loses on kept-alive connections, and exit 1.
 func TestBaselineFails(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	r := check(t, dir, "-cmd", filepath.Join(bin, "baseline")+" -addr "+addr, "-url", "http://"+addr+"/",
 		"-restart", "kill -HUP $SERVER_NEWEST_PID", "-restarts", restarts, "-interval", "500ms",
 		"-gen-header", "X-Generation", "-wait", "-plot", filepath.Join(dir, "plot.svg"))
@@ -173,7 +156,7 @@ func TestBaselineFails(t *testing.T) {
 // or a slow request in flight: exit 0.
 func TestReferenceServerPasses(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	// -shutdown-delay keeps the server up a while after the kit's SIGTERM.
 	r := check(t, dir, "-cmd", filepath.Join(bin, "server")+" -addr "+addr+" -log-level warn -shutdown-delay 300ms", "-url", "http://"+addr+"/",
 		"-restart", "kill -HUP $SERVER_NEWEST_PID", "-restarts", restarts, "-interval", "500ms",
@@ -198,7 +181,7 @@ func TestReferenceServerPasses(t *testing.T) {
 // is stopped at the end too.
 func TestStopStartRefused(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	server := filepath.Join(bin, "baseline") + " -addr " + addr
 	// Stop, wait for the exit, leave the port closed a moment, start, and
 	// wait for the new process to be ready (so that the next restart
@@ -264,7 +247,7 @@ func TestBadFlags(t *testing.T) {
 func TestNeverAnswers(t *testing.T) {
 	dir := t.TempDir()
 	r := check(t, dir, "-cmd", "sleep 300 & echo $! > child.pid; echo $$ > server.pid; wait",
-		"-url", "http://"+freeAddr(t)+"/", "-ready-timeout", "1s", "-restart", "true", "-restarts", "2")
+		"-url", "http://"+testkit.FreeAddr(t)+"/", "-ready-timeout", "1s", "-restart", "true", "-restarts", "2")
 	if r.code != 1 {
 		t.Errorf("exit status %d, want 1", r.code)
 	}
@@ -288,32 +271,7 @@ func TestNeverAnswers(t *testing.T) {
 // to dir/name.pem and dir/name.key.
 func writeCert(t *testing.T, dir, name string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "handoff-check test"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for file, block := range map[string]*pem.Block{name + ".pem": {Type: "CERTIFICATE", Bytes: der}, name + ".key": {Type: "EC PRIVATE KEY", Bytes: kder}} {
-		if err := os.WriteFile(filepath.Join(dir, file), pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testkit.SelfSigned(t, 1).WritePEM(t, filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"))
 }
 
 // HTTPS: HTTP/1.1 and HTTP/2 clients trust the server through -ca; with
@@ -322,7 +280,7 @@ func TestTLS(t *testing.T) {
 	dir := t.TempDir()
 	writeCert(t, dir, "server")
 	writeCert(t, dir, "other")
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	server := filepath.Join(bin, "server") + " -addr " + addr + " -tls-cert server.pem -tls-key server.key -log-level warn"
 	r := check(t, dir, "-cmd", server, "-url", "https://"+addr+"/", "-ca", "server.pem", "-h2", "-duration", "1s", "-post-path", "/echo")
 	if r.code != 0 {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/handoff-go/handoff/handlers"
 	"github.com/handoff-go/handoff/internal/kvstore"
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // busyKV is a store whose every call fails with err.
@@ -26,7 +26,7 @@ func (b busyKV) List(context.Context, string, string, int) ([]string, string, er
 // closed store (a generation on its way out) and a busy database must
 // still be answered 503, which a client retries, not 500.
 func TestStoreErrorsAnswer503(t *testing.T) {
-	closed, err := openStore(t.Context(), t.TempDir(), zerolog.New(zerolog.NewTestWriter(t)))
+	closed, err := openStore(t.Context(), t.TempDir(), testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestStoreErrorsAnswer503(t *testing.T) {
 		{"closed store", closed},
 		{"busy database", busyKV{fmt.Errorf("put %q: %w: database is locked", "a", kvstore.ErrBusy)}},
 	} {
-		h := handlers.KVPut(tt.kv, zerolog.New(zerolog.NewTestWriter(t)))
+		h := handlers.KVPut(tt.kv, testkit.Logger(t))
 		req := httptest.NewRequest("PUT", "/kv/a", strings.NewReader("v"))
 		req.SetPathValue("key", "a")
 		rec := httptest.NewRecorder()

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +45,7 @@ func TestLoadTokenRefusesFilesOthersCanChange(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "control.token")
 			tt.make(t, path)
-			tok, err := loadToken(path, zerolog.New(zerolog.NewTestWriter(t)))
+			tok, err := loadToken(path, testkit.Logger(t))
 			if tt.wantErr == "" {
 				if err != nil || string(tok) != strings.TrimSpace(token) {
 					t.Errorf("loadToken(%s file) = %q, %v; want the token", tt.name, tok, err)

@@ -1,7 +1,6 @@
 package systemd_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/nspawn"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // The server versions the tests deploy, one after the other.
@@ -337,7 +337,7 @@ type load struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	lines  chan string // its stdout, line by line; closed at EOF
+	out    *testkit.LogBook // its stdout, line by line; closed at EOF
 	cancel context.CancelFunc
 	done   bool
 }
@@ -361,23 +361,11 @@ func (h *host) startLoad() *load {
 	if err := cmd.Start(); err != nil {
 		h.t.Fatal(err)
 	}
-	l := &load{t: h.t, cmd: cmd, stdin: stdin, lines: make(chan string, 16), cancel: cancel}
-	go func() { // ends when the client closes its stdout (it exits)
-		defer close(l.lines)
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			l.lines <- sc.Text()
-		}
-	}()
+	l := &load{t: h.t, cmd: cmd, stdin: stdin, out: testkit.ReadLog(stdout, nil), cancel: cancel}
 	h.t.Cleanup(func() { l.stop() }) // if the test did not stop it
-	select {
-	case line, ok := <-l.lines:
-		if !ok || line != "running" {
-			h.t.Fatalf("load client: %q, want %q; stderr: %s\nstatus:\n%s", line, "running", stderr.String(), h.status())
-		}
-	case <-time.After(time.Minute):
-		h.t.Fatalf("load client: no request answered within a minute\nstatus:\n%s", h.status())
+	first, err := l.out.Await(time.Minute, func(testkit.LogLine) bool { return true })
+	if err != nil || first.Raw != "running" {
+		h.t.Fatalf("load client: first line %q, %v; want %q; stderr: %s\nstatus:\n%s", first.Raw, err, "running", stderr.String(), h.status())
 	}
 	return l
 }
@@ -392,10 +380,11 @@ func (l *load) stop() summary {
 	l.done = true
 	defer l.cancel()
 	l.stdin.Close()
+	<-l.out.Done() // the client printed its summary and exited
 	var s summary
 	var last string
-	for line := range l.lines {
-		last = line
+	if lines := l.out.All(); len(lines) > 0 {
+		last = lines[len(lines)-1].Raw
 	}
 	if err := l.cmd.Wait(); err != nil {
 		l.t.Errorf("load client: %v", err)

@@ -120,12 +120,11 @@ func TestReadmeInstallStepsRun(t *testing.T) {
 		var pid int
 		versions := map[int]string{}
 		for _, e := range events(h.c.Journal("-b", "-u", "handoff.service", "-o", "cat")) {
-			p, _ := e["pid"].(float64)
-			switch {
-			case e["message"] == "starting":
-				versions[int(p)], _ = e["version"].(string)
-			case e["message"] == "cleanup done":
-				pid = int(p)
+			switch e.Msg() {
+			case "starting":
+				versions[e.Int("pid")] = e.Str("version")
+			case "cleanup done":
+				pid = e.Int("pid")
 			}
 		}
 		if pid == 0 || versions[pid] != v2 {

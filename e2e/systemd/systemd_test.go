@@ -2,12 +2,14 @@ package systemd_test
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // TestReloadsThenStop: five reloads under load, each to a new binary
@@ -81,7 +83,7 @@ func (h *host) checkCleanStop(pid int) {
 // message msg from pid (inside), and key=value.
 func hasEvent(journal string, pid int, msg, key, value string) bool {
 	for _, e := range events(journal) {
-		if e["message"] == msg && e["pid"] == float64(pid) && e[key] == value {
+		if e.Msg() == msg && e.Int("pid") == pid && e.Str(key) == value {
 			return true
 		}
 	}
@@ -89,11 +91,10 @@ func hasEvent(journal string, pid int, msg, key, value string) bool {
 }
 
 // events returns the JSON log events among the journal's lines (-o cat).
-func events(journal string) []map[string]any {
-	var out []map[string]any
+func events(journal string) []testkit.LogLine {
+	var out []testkit.LogLine
 	for _, line := range strings.Split(journal, "\n") {
-		var e map[string]any
-		if json.Unmarshal([]byte(line), &e) == nil {
+		if e, ok := testkit.ParseLogLine(line); ok {
 			out = append(out, e)
 		}
 	}
@@ -108,10 +109,9 @@ func events(journal string) []map[string]any {
 // the accept and the request's arrival.
 func (h *host) waitRequestRead() {
 	h.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var table, seen string
-	for time.Now().Before(deadline) {
-		table = h.c.Run("cat", "/proc/net/tcp")
+	var seen string
+	testkit.WaitFor(h.t, 30*time.Second, "a request read by the server on 127.0.0.1:8080", func() error {
+		table := h.c.Run("cat", "/proc/net/tcp")
 		read := ""
 		for _, line := range strings.Split(table, "\n")[1:] {
 			f := strings.Fields(line)
@@ -124,12 +124,11 @@ func (h *host) waitRequestRead() {
 			}
 		}
 		if read != "" && read == seen {
-			return
+			return nil
 		}
 		seen = read
-		time.Sleep(20 * time.Millisecond)
-	}
-	h.t.Fatalf("no request read by the server on 127.0.0.1:8080 within 30 s; /proc/net/tcp:\n%s", table)
+		return fmt.Errorf("no accepted connection with its request read, twice in a row; /proc/net/tcp:\n%s", table)
+	})
 }
 
 // TestBadReloads: a reload to a binary that exits 3, and to one that is

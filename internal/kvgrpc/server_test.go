@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,93 +14,23 @@ import (
 
 	"github.com/handoff-go/handoff/handlers"
 	"github.com/handoff-go/handoff/internal/kvgrpc"
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
-// memKV is an in-memory kvgrpc.KV.
-type memKV struct {
-	mu  sync.Mutex
-	m   map[string][]byte
-	err error // returned by every call when set
-}
-
-func (f *memKV) Get(_ context.Context, key string) ([]byte, bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	v, ok := f.m[key]
-	return v, ok, f.err
-}
-
-func (f *memKV) Put(_ context.Context, key string, value []byte) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return false, f.err
-	}
-	_, existed := f.m[key]
-	f.m[key] = value
-	return !existed, nil
-}
-
-func (f *memKV) Delete(_ context.Context, key string) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return false, f.err
-	}
-	_, existed := f.m[key]
-	delete(f.m, key)
-	return existed, nil
-}
-
-func (f *memKV) List(_ context.Context, prefix, after string, limit int) ([]string, string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var keys []string
-	for k := range f.m {
-		if strings.HasPrefix(k, prefix) && k > after {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	if len(keys) > limit {
-		return keys[:limit], keys[limit-1], f.err
-	}
-	return keys, "", f.err
-}
-
-func (f *memKV) set(err error) {
-	f.mu.Lock()
-	f.err = err
-	f.mu.Unlock()
-}
-
-func (f *memKV) snapshot(prefix string) map[string][]byte {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := map[string][]byte{}
-	for k, v := range f.m {
-		if strings.HasPrefix(k, prefix) {
-			out[k] = v
-		}
-	}
-	return out
-}
-
 // newService serves the service on a loopback port and returns a client
 // of it, the store, and the function that begins the drain.
-func newService(t *testing.T) (*kvgrpc.Client, *memKV, func()) {
+func newService(t *testing.T) (*kvgrpc.Client, *testkit.MemKV, func()) {
 	t.Helper()
-	kv := &memKV{m: map[string][]byte{}}
+	kv := testkit.NewMemKV()
 	draining := make(chan struct{})
 	gs := grpc.NewServer(grpc.ForceServerCodecV2(kvgrpc.Codec()))
 	kvgrpc.Register(gs, kvgrpc.Options{
 		KV: kv, Draining: draining, PollInterval: 5 * time.Millisecond,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+		Logger: testkit.Logger(t),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -145,14 +74,14 @@ func TestUnary(t *testing.T) {
 		{"Put long key", func() error { _, err := c.Put(ctx, strings.Repeat("k", handlers.MaxKeyLen+1), nil); return err }, codes.InvalidArgument},
 		{"Put big value", func() error { _, err := c.Put(ctx, "big", make([]byte, handlers.MaxValueSize+1)); return err }, codes.InvalidArgument},
 		{"Get while the store is busy", func() error {
-			kv.set(fmt.Errorf("locked: %w", handlers.ErrUnavailable))
-			defer kv.set(nil)
+			kv.SetErr(fmt.Errorf("locked: %w", handlers.ErrUnavailable))
+			defer kv.SetErr(nil)
 			_, err := c.Get(ctx, "k")
 			return err
 		}, codes.Unavailable},
 		{"Put while the store fails", func() error {
-			kv.set(errors.New("disk full"))
-			defer kv.set(nil)
+			kv.SetErr(errors.New("disk full"))
+			defer kv.SetErr(nil)
 			_, err := c.Put(ctx, "k", nil)
 			return err
 		}, codes.Internal},
@@ -198,7 +127,7 @@ func TestWatch(t *testing.T) {
 	kv.Delete(ctx, "w/b")
 	kv.Put(ctx, "w/c", []byte("1"))
 	kv.Put(ctx, "x/outside", []byte("2"))
-	want := kv.snapshot("w/")
+	want := kv.Snapshot("w/")
 	for !maps.EqualFunc(v.Entries(), want, bytes.Equal) {
 		if ev := recv(t, w, &v); ev.Snapshot {
 			t.Fatalf("later event %+v is a snapshot, want changes", ev)
@@ -224,7 +153,7 @@ func TestWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev := recv(t, w, &v); !ev.Snapshot || !maps.EqualFunc(v.Entries(), kv.snapshot("w/"), bytes.Equal) {
+	if ev := recv(t, w, &v); !ev.Snapshot || !maps.EqualFunc(v.Entries(), kv.Snapshot("w/"), bytes.Equal) {
 		t.Errorf("first event of a watch resumed at an old revision: %+v, want a snapshot of the store", ev)
 	}
 }

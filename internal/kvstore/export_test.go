@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // Helpers for the tests of this package and of kvstore_test.
@@ -14,7 +14,7 @@ import (
 // connections of two *sql.DB in one process as it treats two processes.
 func OpenTest(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := Open(t.Context(), Options{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	s, err := Open(t.Context(), Options{Dir: dir, Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/handoff-go/handoff/internal/kvstore"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -37,7 +38,7 @@ func populated(t *testing.T, n int) string {
 // openFails opens the store in dir and returns the error it must fail with.
 func openFails(t *testing.T, dir string) error {
 	t.Helper()
-	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: testkit.Logger(t)})
 	if err == nil {
 		s.Close(context.Background())
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 
 	"github.com/handoff-go/handoff/internal/kvstore"
-	"github.com/rs/zerolog"
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 func TestStoreCRUD(t *testing.T) {
@@ -154,7 +154,7 @@ func TestOpenNotWritable(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(file, "data")
-	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: testkit.Logger(t)})
 	if err == nil {
 		s.Close(context.Background())
 		t.Fatalf("kvstore.Open(%s) = nil error, want one saying it is not writable", dir)
@@ -212,7 +212,7 @@ func TestStoreCrossGeneration(t *testing.T) {
 
 func TestStoreCloseCheckpoints(t *testing.T) {
 	dir := t.TempDir()
-	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	s, err := kvstore.Open(t.Context(), kvstore.Options{Dir: dir, Logger: testkit.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

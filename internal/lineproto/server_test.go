@@ -1,63 +1,38 @@
 package lineproto_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/handoff-go/handoff/internal/lineproto"
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
-	"github.com/rs/zerolog"
 )
 
 // serve runs a Server of handle under a standalone Upgrader.
 func serve(t *testing.T, handle func(string) string, drain time.Duration) (*upgrade.Upgrader, string) {
 	t.Helper()
-	u, err := upgrade.New(upgrade.Options{
-		Standalone: true, IgnoreSignals: true, DrainTimeout: drain,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+	s := testkit.Start(t, upgrade.Options{DrainTimeout: drain}, func(*upgrade.Upgrader) upgrade.Server {
+		return lineproto.NewServer(handle)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := u.Listen(t.Context(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := u.Serve(ln, lineproto.NewServer(handle), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		u.Shutdown(ctx)
-	})
-	return u, ln.Addr().String()
+	return s.Upgrader, s.Addr
 }
 
+// client speaks the line protocol on its own connection.
 type client struct {
 	t *testing.T
-	net.Conn
-	r *bufio.Reader
+	*testkit.Conn
 }
 
 func dial(t *testing.T, addr string) *client {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := testkit.Dial(t, addr)
 	c.SetDeadline(time.Now().Add(time.Minute)) // a hung server fails the test
-	return &client{t: t, Conn: c, r: bufio.NewReader(c)}
+	return &client{t: t, Conn: c}
 }
 
 func (c *client) send(s string) {
@@ -69,7 +44,7 @@ func (c *client) send(s string) {
 
 func (c *client) expect(want string) {
 	c.t.Helper()
-	got, err := c.r.ReadString('\n')
+	got, err := c.Reader.ReadString('\n')
 	if err != nil || got != want+"\n" {
 		if len(got) > 80 {
 			got = got[:80] + "..."
@@ -123,7 +98,7 @@ func TestDrainFinishesPartialMessage(t *testing.T) {
 	busy.expect("HALF")
 	busy.expect(lineproto.Reconnect)
 	for _, c := range []*client{busy, idle} {
-		if _, err := c.r.ReadByte(); err != io.EOF {
+		if _, err := c.Reader.ReadByte(); err != io.EOF {
 			t.Errorf("after RECONNECT: read %v, want EOF (the server half-closed)", err)
 		}
 		c.Close()
@@ -145,7 +120,7 @@ func TestDrainForcesUnfinishedMessage(t *testing.T) {
 	if closed.Forced != 1 {
 		t.Errorf("drain with an unfinished message: %+v, want 1 forced", closed)
 	}
-	if line, err := c.r.ReadString('\n'); err == nil {
+	if line, err := c.Reader.ReadString('\n'); err == nil {
 		t.Errorf("read %q after the forced close, want an error", line)
 	}
 }
@@ -225,7 +200,7 @@ func pipeline(c *client, id int, busy chan<- struct{}) error {
 			fmt.Fprintf(c, "m%d %d\n", id, next+j)
 		}
 		for range 4 {
-			line, err := c.r.ReadString('\n')
+			line, err := c.Reader.ReadString('\n')
 			if err != nil {
 				return fmt.Errorf("client %d: %v after %d answers, want %s first", id, err, next, lineproto.Reconnect)
 			}

@@ -2,13 +2,13 @@ package upgradegrpc_test
 
 import (
 	"context"
-	"net"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/testkit"
 	"github.com/handoff-go/handoff/upgrade"
 	"github.com/handoff-go/handoff/upgrade/upgradegrpc"
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -19,29 +19,10 @@ import (
 // listener's address.
 func serve(t *testing.T, gs *grpc.Server, rpcs *upgradegrpc.RPCStats, drain time.Duration) (*upgrade.Upgrader, string) {
 	t.Helper()
-	u, err := upgrade.New(upgrade.Options{
-		Standalone: true, IgnoreSignals: true, DrainTimeout: drain,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+	s := testkit.Start(t, upgrade.Options{DrainTimeout: drain}, func(*upgrade.Upgrader) upgrade.Server {
+		return upgradegrpc.Server(gs, &upgradegrpc.Options{RPCs: rpcs})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := u.Listen(t.Context(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := u.Serve(ln, upgradegrpc.Server(gs, &upgradegrpc.Options{RPCs: rpcs}), nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := u.Ready(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		u.Shutdown(ctx)
-	})
-	return u, ln.Addr().String()
+	return s.Upgrader, s.Addr
 }
 
 func dial(t *testing.T, addr string) healthpb.HealthClient {
@@ -129,12 +110,13 @@ func TestDrainForcesAtDeadline(t *testing.T) {
 func TestDrainForcesSilentConnection(t *testing.T) {
 	gs := grpc.NewServer()
 	u, addr := serve(t, gs, nil, 300*time.Millisecond)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, "the silent connection to be accepted", func() bool { return u.Status().Connections == 1 })
+	testkit.Dial(t, addr)
+	testkit.WaitFor(t, 10*time.Second, "the silent connection to be accepted", func() error {
+		if n := u.Status().Connections; n != 1 {
+			return fmt.Errorf("%d connections", n)
+		}
+		return nil
+	})
 
 	done := make(chan upgrade.CloseCounts, 1)
 	go func() { done <- shutdown(t, u) }()
@@ -145,16 +127,5 @@ func TestDrainForcesSilentConnection(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("drain still waiting for a silent connection a minute after its 300ms deadline")
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: not within 10s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -14,7 +14,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -23,13 +22,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // requestTimeout bounds each request.
@@ -116,38 +115,6 @@ func run() error {
 	return json.NewEncoder(os.Stdout).Encode(t.s)
 }
 
-// conn1 is an HTTP/1.1 connection the client owns: it writes each request
-// itself and reads the answer, so nothing is retried behind its back.
-type conn1 struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func dial(addr string) (*conn1, error) {
-	c, err := net.DialTimeout("tcp", addr, requestTimeout)
-	if err != nil {
-		return nil, err
-	}
-	return &conn1{Conn: c, r: bufio.NewReader(c)}, nil
-}
-
-func (c *conn1) do(req *http.Request) (*http.Response, []byte, error) {
-	c.SetDeadline(time.Now().Add(requestTimeout))
-	if err := req.Write(c); err != nil {
-		return nil, nil, fmt.Errorf("write: %w", err)
-	}
-	resp, err := http.ReadResponse(c.r, req)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read: %w", err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return nil, nil, fmt.Errorf("read body: %w", err)
-	}
-	return resp, body, nil
-}
-
 // version returns the version a GET / answer names.
 func version(body []byte) string {
 	var v struct {
@@ -170,7 +137,7 @@ func wait(ctx context.Context, d time.Duration) bool {
 func keepAliveClient(ctx context.Context, addr string, pause time.Duration, t *tally, seed uint64) {
 	const kind = "h1-keepalive"
 	rng := rand.New(rand.NewPCG(seed, 1))
-	var c *conn1
+	var c *testkit.Conn
 	defer func() {
 		if c != nil {
 			c.Close()
@@ -179,8 +146,8 @@ func keepAliveClient(ctx context.Context, addr string, pause time.Duration, t *t
 	for wait(ctx, pause) {
 		if c == nil {
 			var err error
-			if c, err = dial(addr); err != nil {
-				t.fail(kind, errorKind(err), err)
+			if c, err = testkit.DialTimeout(addr, requestTimeout); err != nil {
+				t.fail(kind, testkit.ErrorKind(err), err)
 				continue
 			}
 		}
@@ -195,10 +162,10 @@ func keepAliveClient(ctx context.Context, addr string, pause time.Duration, t *t
 		} else {
 			req, _ = http.NewRequest("GET", "http://"+addr+"/", nil)
 		}
-		resp, body, err := c.do(req)
+		resp, body, err := c.Do(req)
 		switch {
 		case err != nil:
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			c.Close()
 			c = nil
 			continue
@@ -221,39 +188,22 @@ func keepAliveClient(ctx context.Context, addr string, pause time.Duration, t *t
 func newConnClient(ctx context.Context, addr string, pause time.Duration, t *tally) {
 	const kind = "h1-newconn"
 	for wait(ctx, pause) {
-		c, err := dial(addr)
+		c, err := testkit.DialTimeout(addr, requestTimeout)
 		if err != nil {
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 			continue
 		}
 		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 		req.Close = true
-		resp, body, err := c.do(req)
+		resp, body, err := c.Do(req)
 		c.Close()
 		switch {
 		case err != nil:
-			t.fail(kind, errorKind(err), err)
+			t.fail(kind, testkit.ErrorKind(err), err)
 		case resp.StatusCode != http.StatusOK:
 			t.fail(kind, "status "+strconv.Itoa(resp.StatusCode), errors.New(string(body)))
 		default:
 			t.success(kind, version(body))
 		}
 	}
-}
-
-func errorKind(err error) string {
-	var te interface{ Timeout() bool }
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "reset"
-	case errors.Is(err, syscall.EPIPE):
-		return "broken pipe"
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		return "eof"
-	case errors.As(err, &te) && te.Timeout():
-		return "timeout"
-	}
-	return "other"
 }
