@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,14 +53,22 @@ func (t *tally) success(kind, gen string) {
 }
 
 func (t *tally) fail(kind, what string, detail error) {
+	t.failAt(kind, what, detail, "")
+}
+
+// failAt records a failure on the connection whose local address is
+// local, when known, so that a test can tell which server process held
+// it; a failure whose error names its connection (a net.OpError) records
+// that one.
+func (t *tally) failAt(kind, what string, detail error, local string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	// A failure whose error names its connection (a net.OpError, as Go's
-	// HTTP/2 client reports) records it, so a test can tell which server
-	// process held it.
 	var oe *net.OpError
 	if errors.As(detail, &oe) && oe.Source != nil {
-		t.lost = append(t.lost, oe.Source.String())
+		local = oe.Source.String()
+	}
+	if local != "" {
+		t.lost = append(t.lost, local)
 	}
 	if t.failed[kind] == nil {
 		t.failed[kind] = map[string]int{}
@@ -254,24 +263,28 @@ func h2Client(ctx context.Context, addr string, t *tally, streams int) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(s), 2))
 			loop(ctx, 1_000_000, 5*time.Minute, func() {
-				var resp *http.Response
-				var err error
 				var want []byte
+				req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 				if rng.IntN(10) < 3 {
 					want = []byte(strconv.FormatUint(rng.Uint64(), 36))
-					resp, err = c.Post("http://"+addr+"/echo", "text/plain", bytes.NewReader(want))
-				} else {
-					resp, err = c.Get("http://" + addr + "/")
+					req, _ = http.NewRequest("POST", "http://"+addr+"/echo", bytes.NewReader(want))
 				}
+				// The connection the stream went on, for a failure that
+				// does not name it (an unexpected EOF).
+				var local string
+				req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+					GotConn: func(ci httptrace.GotConnInfo) { local = ci.Conn.LocalAddr().String() },
+				}))
+				resp, err := c.Do(req)
 				if err != nil {
-					t.fail(kind, testkit.ErrorKind(err), err)
+					t.failAt(kind, testkit.ErrorKind(err), err, local)
 					return
 				}
 				body, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				switch {
 				case err != nil:
-					t.fail(kind, "body "+testkit.ErrorKind(err), err)
+					t.failAt(kind, "body "+testkit.ErrorKind(err), err, local)
 				case resp.ProtoMajor != 2:
 					t.fail(kind, "not HTTP/2", errors.New(resp.Proto))
 				case resp.StatusCode != http.StatusOK:

@@ -818,7 +818,7 @@ func TestChainKeepsConsoleLogsInTerminal(t *testing.T) {
 	mark := term.mark()
 	term.write(t, cmdLine+"\n")
 	s := &server{t: t, dir: dir, bin: filepath.Join(dir, "server"), addr: addr}
-	poll(t, 2*time.Minute, "the server started in the terminal answering", func() error {
+	testkit.WaitFor(t, 2*time.Minute, "the server started in the terminal answering", func() error {
 		resp, err := pollClient().Get(s.url("/"))
 		if err != nil {
 			return err
@@ -835,7 +835,7 @@ func TestChainKeepsConsoleLogsInTerminal(t *testing.T) {
 		t.Fatalf("ctl shutdown: %d: %s", st, errOut)
 	}
 	term.waitFor(t, "exit", "the last generation's exit")
-	poll(t, time.Minute, "the port to close", func() error {
+	testkit.WaitFor(t, time.Minute, "the port to close", func() error {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()

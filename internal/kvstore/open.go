@@ -215,7 +215,7 @@ func checkDatabase(ctx context.Context, db *sql.DB, path string) error {
 	if err := quickCheck(ctx, db, path); err != nil {
 		return err
 	}
-	tx, err := db.BeginTx(ctx, nil)
+	tx, err := beginPatiently(ctx, db)
 	if err != nil {
 		return fmt.Errorf("open %s: begin: %w", path, err)
 	}
@@ -244,6 +244,24 @@ func checkDatabase(ctx context.Context, db *sql.DB, path string) error {
 		return fmt.Errorf("open %s: %w", path, err)
 	}
 	return nil
+}
+
+// startBusyWait bounds how long a starting store waits for the write lock
+// that the serving generation's writers keep taking: several busy
+// timeouts, since under a heavy write load one can pass without a turn,
+// and a start that gives up fails the upgrade.
+const startBusyWait = 6 * storeBusyTimeout
+
+// beginPatiently begins an immediate transaction, trying again while the
+// database is busy, up to startBusyWait.
+func beginPatiently(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
+	deadline := time.Now().Add(startBusyWait)
+	for {
+		tx, err := db.BeginTx(ctx, nil)
+		if err == nil || sqliteCode(err) != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return tx, err
+		}
+	}
 }
 
 // createSchema creates the schema in tx, and sets its version.
