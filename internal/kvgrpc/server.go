@@ -287,7 +287,10 @@ func (s *service) failed(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
-	if errors.Is(err, handlers.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	// Transient, as handlers.ErrUnavailable's contract says: an error in
+	// the chain with Unavailable() true (the store's busy database).
+	var u interface{ Unavailable() bool }
+	if (errors.As(err, &u) && u.Unavailable()) || errors.Is(err, context.DeadlineExceeded) {
 		s.log.Warn().Err(err).Str("op", op).Msg("kv store unavailable")
 		return status.Error(codes.Unavailable, "key-value store is busy; retry in a moment")
 	}

@@ -188,3 +188,37 @@ func TestViewDetectsMissedChange(t *testing.T) {
 		t.Error("Apply after a missed change succeeded, want a revision mismatch")
 	}
 }
+
+// busyErr is a transient store error as the store reports it: its own
+// type with Unavailable() true, not handlers.ErrUnavailable itself.
+type busyErr struct{}
+
+func (busyErr) Error() string     { return "database is busy" }
+func (busyErr) Unavailable() bool { return true }
+
+type busyKV struct{ *testkit.MemKV }
+
+func (busyKV) Get(context.Context, string) ([]byte, bool, error) {
+	return nil, false, fmt.Errorf("get: %w", busyErr{})
+}
+
+// A busy store is UNAVAILABLE (retry), not INTERNAL.
+func TestBusyStoreIsUnavailable(t *testing.T) {
+	gs := grpc.NewServer(grpc.ForceServerCodecV2(kvgrpc.Codec()))
+	kvgrpc.Register(gs, kvgrpc.Options{KV: busyKV{testkit.NewMemKV()}, Draining: make(chan struct{}), Logger: testkit.Logger(t)})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(ln) // ends at Stop
+	t.Cleanup(gs.Stop)
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	_, err = kvgrpc.NewClient(cc).Get(t.Context(), "k")
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("Get from a busy store: %v, want code Unavailable", err)
+	}
+}
