@@ -489,24 +489,8 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 // the prompt back.
 func TestSupervisorInTerminal(t *testing.T) {
 	began := time.Now()
-	dir := testkit.ShortTempDir(t)
-	installBinary(t, binary(v1), filepath.Join(dir, "server"))
-	addr := testkit.FreeAddr(t)
-	term := startShell(t, dir)
-	term.waitFor(t, "$ ", "the first prompt")
-
-	cmdLine := "./server -supervise -addr " + addr
-	mark := term.mark()
-	term.write(t, cmdLine+"\n")
-	s := &server{t: t, dir: dir, bin: filepath.Join(dir, "server"), addr: addr}
-	testkit.WaitFor(t, 2*time.Minute, "the server started in the terminal answering", func() error {
-		resp, err := testkit.NewConnClient().Get(s.url("/"))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+	term, s, cmdLine, mark := startInTerminal(t, "-supervise")
+	addr := s.addr
 	st := s.status()
 	if st.Supervisor == nil {
 		t.Fatalf("ctl status of the server in the terminal: no supervisor: %+v", st)
@@ -809,23 +793,8 @@ func TestReadyzStaysGreenAcrossConfigReload(t *testing.T) {
 // through the previous generation until it is ready (issue: the log
 // switched to JSON after the first upgrade).
 func TestChainKeepsConsoleLogsInTerminal(t *testing.T) {
-	dir := shortTempDir(t)
-	installBinary(t, binary(v1), filepath.Join(dir, "server"))
-	addr := freeAddr(t)
-	term := startShell(t, dir)
-	term.waitFor(t, "$ ", "the first prompt")
-	cmdLine := "./server -addr " + addr
-	mark := term.mark()
-	term.write(t, cmdLine+"\n")
-	s := &server{t: t, dir: dir, bin: filepath.Join(dir, "server"), addr: addr}
-	testkit.WaitFor(t, 2*time.Minute, "the server started in the terminal answering", func() error {
-		resp, err := pollClient().Get(s.url("/"))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+	term, s, _, mark := startInTerminal(t)
+	addr := s.addr
 	for want := 2; want <= 3; want++ {
 		if gen, _ := s.ctlUpgrade(); gen != want {
 			t.Fatalf("server ctl upgrade in the terminal: generation %d, want %d", gen, want)
@@ -864,4 +833,30 @@ func TestChainKeepsConsoleLogsInTerminal(t *testing.T) {
 	if t.Failed() {
 		t.Logf("the terminal showed:\n%s", term.since(0))
 	}
+}
+
+// startInTerminal starts a shell in a pseudo-terminal, types the server's
+// command line with flags, and waits until the server answers. It returns
+// the terminal, the server, the command line and the terminal's mark at
+// the command line.
+func startInTerminal(t *testing.T, flags ...string) (*terminal, *server, string, int) {
+	t.Helper()
+	dir := testkit.ShortTempDir(t)
+	installBinary(t, binary(v1), filepath.Join(dir, "server"))
+	addr := testkit.FreeAddr(t)
+	term := startShell(t, dir)
+	term.waitFor(t, "$ ", "the first prompt")
+	cmdLine := strings.Join(append([]string{"./server"}, append(flags, "-addr", addr)...), " ")
+	mark := term.mark()
+	term.write(t, cmdLine+"\n")
+	s := &server{t: t, dir: dir, bin: filepath.Join(dir, "server"), addr: addr}
+	testkit.WaitFor(t, 2*time.Minute, "the server started in the terminal answering", func() error {
+		resp, err := testkit.NewConnClient().Get(s.url("/"))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	return term, s, cmdLine, mark
 }

@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,6 +31,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
 // block is a fenced block of the README marked for this test.
@@ -96,7 +97,7 @@ func TestREADME(t *testing.T) {
 		t.Fatalf("README.md has %d blocks marked for this test; the quick start, the restart, the deploy and the adoption at least", len(blocks))
 	}
 	dir := copyRepo(t, root)
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	r := &runner{t: t, dir: dir, addr: addr}
 	t.Cleanup(r.stopServer)
 	for _, b := range blocks {
@@ -366,14 +367,4 @@ func copyRepo(t *testing.T, root string) string {
 		}
 	}
 	return dir
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -26,6 +26,13 @@ import (
 func newService(t *testing.T) (*kvgrpc.Client, *testkit.MemKV, func()) {
 	t.Helper()
 	kv := testkit.NewMemKV()
+	c, drain := serveKV(t, kv)
+	return c, kv, drain
+}
+
+// serveKV serves the service over kv on a loopback port.
+func serveKV(t *testing.T, kv kvgrpc.KV) (*kvgrpc.Client, func()) {
+	t.Helper()
 	draining := make(chan struct{})
 	gs := grpc.NewServer(grpc.ForceServerCodecV2(kvgrpc.Codec()))
 	kvgrpc.Register(gs, kvgrpc.Options{
@@ -44,7 +51,7 @@ func newService(t *testing.T) (*kvgrpc.Client, *testkit.MemKV, func()) {
 	}
 	t.Cleanup(func() { cc.Close() })
 	var once sync.Once
-	return kvgrpc.NewClient(cc), kv, func() { once.Do(func() { close(draining) }) }
+	return kvgrpc.NewClient(cc), func() { once.Do(func() { close(draining) }) }
 }
 
 func TestUnary(t *testing.T) {
@@ -204,20 +211,8 @@ func (busyKV) Get(context.Context, string) ([]byte, bool, error) {
 
 // A busy store is UNAVAILABLE (retry), not INTERNAL.
 func TestBusyStoreIsUnavailable(t *testing.T) {
-	gs := grpc.NewServer(grpc.ForceServerCodecV2(kvgrpc.Codec()))
-	kvgrpc.Register(gs, kvgrpc.Options{KV: busyKV{testkit.NewMemKV()}, Draining: make(chan struct{}), Logger: testkit.Logger(t)})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gs.Serve(ln) // ends at Stop
-	t.Cleanup(gs.Stop)
-	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	_, err = kvgrpc.NewClient(cc).Get(t.Context(), "k")
+	c, _ := serveKV(t, busyKV{testkit.NewMemKV()})
+	_, err := c.Get(t.Context(), "k")
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("Get from a busy store: %v, want code Unavailable", err)
 	}
