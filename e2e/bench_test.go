@@ -4,19 +4,27 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// Restart latency, measured two ways side by side on the same build, so
-// that scripts/restart-latency.sh can print their ratio:
+// Restart latency, measured side by side on the same build, so that
+// scripts/restart-latency.sh can print their ratios:
 //
 //   - BenchmarkRestartHandoff: SIGHUP, until the first answer from the new
-//     generation.
+//     generation. The minimal tableflip server of scripts/baseline
+//     (tableflip's README example: the least a hot restart with tableflip
+//     costs) runs beside it and is restarted in turn, each restart of one
+//     followed by one of the other, so that both see the same machine;
+//     its figures are reported with a tableflip- prefix, and ratio is the
+//     handoff median over the tableflip median (the goal: at most 1.3).
 //   - BenchmarkRestartStopStart: the baseline without handoff, SIGTERM,
 //     wait for exit, start the binary again, until its first answer.
 //   - BenchmarkRestartSupervised: the same as BenchmarkRestartHandoff in
@@ -29,25 +37,70 @@ import (
 // RSS of a generation.
 
 func BenchmarkRestartHandoff(b *testing.B) {
-	s := start(b, startOptions{args: []string{"-log-level", "info"}})
-	pid := s.waitReady(1)
-	rss := rssKiB(b, pid)
-	c := pollClient()
-	var took []time.Duration
-	failed := 0
+	servers := [2]*restarter{
+		newRestarter(b, start(b, startOptions{args: []string{"-log-level", "info"}})),
+		newRestarter(b, start(b, startOptions{binPath: baselineBinary(b)})),
+	}
 	b.ResetTimer()
 	for i := range b.N {
-		gen := i + 2
-		t0 := time.Now()
-		s.signal(pid, syscall.SIGHUP)
-		failed += waitAnswer(b, c, s.url("/"), strconv.Itoa(gen))
-		took = append(took, time.Since(t0))
-		next := s.waitReady(gen)
-		s.waitExit(pid, time.Minute)
-		pid = next
+		for k := range 2 {
+			servers[(k+i)%2].restart(b, i+2) // alternate which goes first
+		}
 	}
 	b.StopTimer()
-	report(b, took, failed, rss)
+	h, t := servers[0], servers[1]
+	report(b, h.took, h.failed, h.rss)
+	reportAs(b, "tableflip-", t.took, t.failed, t.rss)
+	b.ReportMetric(float64(median(h.took))/float64(median(t.took)), "ratio")
+}
+
+// restarter restarts one server with SIGHUP and keeps the figures.
+type restarter struct {
+	s      *server
+	pid    int
+	rss    int
+	c      *http.Client
+	took   []time.Duration
+	failed int
+}
+
+func newRestarter(b *testing.B, s *server) *restarter {
+	pid := s.waitReady(1)
+	return &restarter{s: s, pid: pid, rss: rssKiB(b, pid), c: pollClient()}
+}
+
+// restart starts generation gen, measures until its first answer, and
+// returns once the last generation has exited.
+func (r *restarter) restart(b *testing.B, gen int) {
+	t0 := time.Now()
+	r.s.signal(r.pid, syscall.SIGHUP)
+	r.failed += waitAnswer(b, r.c, r.s.url("/"), strconv.Itoa(gen))
+	r.took = append(r.took, time.Since(t0))
+	next := r.s.waitReady(gen)
+	r.s.waitExit(r.pid, time.Minute)
+	r.pid = next
+}
+
+var baseline struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// baselineBinary builds scripts/baseline, once per run.
+func baselineBinary(b *testing.B) string {
+	b.Helper()
+	baseline.once.Do(func() {
+		baseline.path = filepath.Join(binDir, "baseline")
+		out, err := exec.Command("go", "build", "-o", baseline.path, "../scripts/baseline").CombinedOutput()
+		if err != nil {
+			baseline.err = fmt.Errorf("build scripts/baseline: %v\n%s", err, out)
+		}
+	})
+	if baseline.err != nil {
+		b.Fatal(baseline.err)
+	}
+	return baseline.path
 }
 
 func BenchmarkRestartStopStart(b *testing.B) {
@@ -126,13 +179,23 @@ func waitAnswer(b *testing.B, c *http.Client, url, gen string) int {
 }
 
 func report(b *testing.B, took []time.Duration, failed int, rss int) {
+	reportAs(b, "", took, failed, rss)
+	b.ReportMetric(0, "ns/op") // wall time per op is the median above
+}
+
+func reportAs(b *testing.B, prefix string, took []time.Duration, failed int, rss int) {
 	slices.Sort(took)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(took[len(took)/2]), "median-ms")
-	b.ReportMetric(ms(took[len(took)*9/10]), "p90-ms")
-	b.ReportMetric(float64(failed), "failed-polls")
-	b.ReportMetric(float64(rss), "idle-rss-KiB")
-	b.ReportMetric(0, "ns/op") // wall time per op is the median above
+	b.ReportMetric(ms(median(took)), prefix+"median-ms")
+	b.ReportMetric(ms(took[len(took)*9/10]), prefix+"p90-ms")
+	b.ReportMetric(float64(failed), prefix+"failed-polls")
+	b.ReportMetric(float64(rss), prefix+"idle-rss-KiB")
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // rssKiB reads the resident set size of pid.
