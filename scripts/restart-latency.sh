@@ -30,9 +30,20 @@ done
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 # -benchtime Nx applies to every benchmark run, so the spike runs apart.
-out=$(go test -run '^$' -bench "^BenchmarkRestart" -benchtime "${n}x" -count 1 -timeout 60m ./e2e)
+# bench PATTERN COUNT runs the benchmarks and prints their output; on a
+# failure it shows all of it.
+bench() {
+	local o
+	if ! o=$(go test -run '^$' -bench "$1" -benchtime "$2x" -count 1 -timeout 60m ./e2e 2>&1); then
+		echo "$o" >&2
+		echo "restart-latency: go test -bench '$1' failed" >&2
+		exit 1
+	fi
+	echo "$o"
+}
+out=$(bench '^BenchmarkRestart' "$n")
 if [ "$m" -gt 0 ]; then
-	out+=$'\n'$(go test -run '^$' -bench "^BenchmarkSpike" -benchtime "${m}x" -count 1 -timeout 60m ./e2e)
+	out+=$'\n'$(bench '^BenchmarkSpike' "$m")
 fi
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$out" | grep -E '^Benchmark' >&2
