@@ -160,12 +160,19 @@ func BenchmarkRestartSupervised(b *testing.B) {
 	report(b, took, failed, rss)
 }
 
+// pollPause is the pause between two polls of waitAnswer: the resolution
+// of a restart time.
+const pollPause = time.Millisecond
+
 func pollClient() *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 }
 
 // waitAnswer polls url on new connections until a 200 comes from
-// generation gen, and returns how many polls failed on the way.
+// generation gen, and returns how many polls failed on the way. It pauses
+// pollPause between polls: a poller that never pauses keeps a core busy,
+// with the old generation answering it, on a machine whose other core is
+// all the new generation has to start on.
 func waitAnswer(b *testing.B, c *http.Client, url, gen string) int {
 	b.Helper()
 	failed := 0
@@ -177,12 +184,14 @@ func waitAnswer(b *testing.B, c *http.Client, url, gen string) int {
 				b.Logf("poll for generation %s: %v", gen, err)
 			}
 			failed++
+			time.Sleep(pollPause)
 			continue
 		}
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Generation") == gen {
 			return failed
 		}
+		time.Sleep(pollPause)
 	}
 	b.Fatalf("no answer from generation %s at %s within a minute", gen, url)
 	return failed

@@ -11,14 +11,15 @@
 # Then the latency spike, for the reference server and the tableflip
 # server: under a light load of fast requests (GET /), the slowest request
 # in the 2 s after each of M restarts (median over the restarts, and the
-# worst) against the p99 of the requests outside those windows.
+# worst) against the p99 of the requests outside those windows, and the
+# same figure for control windows without a restart.
 # The engine is the e2e package's benchmarks (e2e/bench_test.go,
 # e2e/spike_test.go). Every request goes to 127.0.0.1; every process is
 # started and stopped by the e2e harness by pid. The load average is
 # printed before and after: figures from a busy machine are not the goal's.
 # Usage: scripts/restart-latency.sh [N] [M]
 #   N restarts of each kind (default 20), M restarts for the spike (default
-#   10; 0 skips it; each takes about 3 s)
+#   10; 0 skips it; each takes about 4 s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-20}"
@@ -81,11 +82,12 @@ END {
 	if (p > 0 && h > 0) printf "median ratio supervised/handoff: %.2f (supervisor RSS %d KiB)\n", p / h, v["supervised (SIGHUP)", "supervisor-rss-KiB"]
 	if (ks > 0) {
 		printf "\nlatency spike over %d restarts (fast requests: GET /, light keep-alive load)\n", m
-		printf "%-10s %14s %10s %15s %12s %10s %10s\n", "", "steady p99 ms", "spike ms", "worst spike ms", "spike/p99", "failed", "requests"
+		printf "%-10s %14s %10s %15s %10s %12s %12s %8s %9s\n", "", "steady p99 ms", "spike ms", "worst spike ms", "spike/p99", "control ms", "control/p99", "failed", "requests"
 		for (j = 1; j <= ks; j++) {
 			x = snames[j]
-			printf "%-10s %14.2f %10.2f %15.2f %12.2f %10d %10d\n", x, s[x, "steady-p99-ms"], s[x, "spike-ms"], s[x, "worst-spike-ms"], s[x, "spike-ratio"], s[x, "failed-requests"], s[x, "requests"]
+			printf "%-10s %14.2f %10.2f %15.2f %10.2f %12.2f %12.2f %8d %9d\n", x, s[x, "steady-p99-ms"], s[x, "spike-ms"], s[x, "worst-spike-ms"], s[x, "spike-ratio"], s[x, "control-ms"], s[x, "control-ratio"], s[x, "failed-requests"], s[x, "requests"]
 		}
-		print "(spike: the median over the restarts of the slowest request in the 2 s after each; goal: spike/p99 at most 1.5 on a quiet machine)"
+		print "(spike: the median over the restarts of the slowest request in the 2 s after each; control: the same for"
+		print " the 2 s after that, with no restart: what the machine alone does; goal: spike/p99 at most 1.5 on a quiet machine)"
 	}
 }'
