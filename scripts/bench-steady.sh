@@ -12,7 +12,7 @@
 # Usage: scripts/bench-steady.sh [-i] [-r ROUNDS] [-d SECONDS] [-c CONNS] [-m STREAMS] [-p PROTOS]
 #   -i  install wrk and h2load with apt-get when missing (as root); without
 #       it the script only says what to install
-#   -r  rounds (default 3); each loads every server once per protocol
+#   -r  rounds (default 5); each loads every server once per protocol
 #   -d  seconds of each load run (default 5)
 #   -c  connections of wrk and h2load (default 16; one client thread)
 #   -m  concurrent streams per h2c connection (default 1)
@@ -29,7 +29,7 @@ usage() {
 	exit 2
 }
 
-install=0 rounds=3 secs=5 conns=16 streams=1 protos=h1,h2c
+install=0 rounds=5 secs=5 conns=16 streams=1 protos=h1,h2c
 while getopts "ir:d:c:m:p:h" opt; do
 	case $opt in
 	i) install=1 ;;

@@ -43,7 +43,7 @@ func loadRun(ctx context.Context, proto, addr string, conns, streams int, d time
 }
 
 var (
-	wrkRequests = regexp.MustCompile(`(\d+) requests in ([0-9.]+)(m?s)`)
+	wrkRequests = regexp.MustCompile(`(\d+) requests in ([0-9.]+)([a-z]+)`)
 	wrkRPS      = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	wrkNon2xx   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 	wrkSocket   = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)

@@ -26,7 +26,7 @@
 //
 // Usage:
 //
-//	steady -server PATH [-rounds 3] [-duration 5s] [-conns 16] [-streams 1] [-proto h1,h2c]
+//	steady -server PATH [-rounds 5] [-duration 5s] [-conns 16] [-streams 1] [-proto h1,h2c]
 //	steady serve -kind plain|upgrade -addr HOST:PORT -stats HOST:PORT   (started by steady itself)
 package main
 

@@ -37,7 +37,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = usageFunc(fs)
 	fs.StringVar(&c.server, "server", "", "`path` of the reference server binary (go build ./cmd/server)")
-	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each loads every server once per protocol")
+	fs.IntVar(&c.rounds, "rounds", 5, "rounds; each loads every server once per protocol")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "length of each load run")
 	fs.IntVar(&c.conns, "conns", 16, "connections (wrk -c, h2load -c)")
 	fs.IntVar(&c.streams, "streams", 1, "concurrent streams per h2c connection (h2load -m)")
