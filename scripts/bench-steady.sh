@@ -9,7 +9,7 @@
 # Go program, scripts/steady (see its doc comment); this script checks the
 # tools, builds, and runs it.
 #
-# Usage: scripts/bench-steady.sh [-i] [-r ROUNDS] [-d SECONDS] [-c CONNS] [-m STREAMS] [-p PROTOS]
+# Usage: scripts/bench-steady.sh [-i] [-r ROUNDS] [-d SECONDS] [-c CONNS] [-m STREAMS] [-p PROTOS] [-C BINARY]
 #   -i  install wrk and h2load with apt-get when missing (as root); without
 #       it the script only says what to install
 #   -r  rounds (default 5); each loads every server once per protocol
@@ -17,7 +17,9 @@
 #   -c  connections of wrk and h2load (default 16; one client thread)
 #   -m  concurrent streams per h2c connection (default 1)
 #   -p  protocols: h1, h2c or h1,h2c (default h1,h2c)
-# It takes about ROUNDS x 3 x (number of protocols) x SECONDS, plus the
+#   -C  another build of cmd/server to run beside this one, shown as
+#       "compare" (to measure a change side by side)
+# It takes about ROUNDS x 3 (4 with -C) x (number of protocols) x SECONDS, plus the
 # build and a one-second warm-up per server and protocol. Servers listen
 # on, and clients send to, 127.0.0.1 only; every process is stopped by pid.
 # The machine should be otherwise quiet: the ratios are meaningful because
@@ -29,8 +31,8 @@ usage() {
 	exit 2
 }
 
-install=0 rounds=5 secs=5 conns=16 streams=1 protos=h1,h2c
-while getopts "ir:d:c:m:p:h" opt; do
+install=0 rounds=5 secs=5 conns=16 streams=1 protos=h1,h2c compare=
+while getopts "ir:d:c:m:p:C:h" opt; do
 	case $opt in
 	i) install=1 ;;
 	r) rounds=$OPTARG ;;
@@ -38,6 +40,7 @@ while getopts "ir:d:c:m:p:h" opt; do
 	c) conns=$OPTARG ;;
 	m) streams=$OPTARG ;;
 	p) protos=$OPTARG ;;
+	C) compare=$OPTARG ;;
 	*) usage ;;
 	esac
 done
@@ -59,10 +62,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 	fi
 fi
 
+if [ -n "$compare" ]; then
+	[ -x "$compare" ] || { echo "bench-steady: -C $compare is not an executable file" >&2; exit 2; }
+	compare=$(cd "$(dirname "$compare")" && pwd)/$(basename "$compare")
+fi
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 go build -o "$work/server" ./cmd/server
 go build -o "$work/steady" ./scripts/steady
-"$work/steady" -server "$work/server" -rounds "$rounds" -duration "${secs}s" \
+"$work/steady" -server "$work/server" ${compare:+-compare "$compare"} -rounds "$rounds" -duration "${secs}s" \
 	-conns "$conns" -streams "$streams" -proto "$protos" -log-dir "$work"

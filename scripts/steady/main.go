@@ -7,7 +7,9 @@
 //     ServeMux route;
 //   - upgrade: the same server, run by an upgrade.Upgrader (chain mode)
 //     and served through upgrade.HTTP;
-//   - reference: the reference server, cmd/server (-server).
+//   - reference: the reference server, cmd/server (-server);
+//   - compare: optionally, another build of it (-compare), to measure a
+//     change side by side.
 //
 // The load comes from outside clients: wrk (HTTP/1.1) and h2load (h2c,
 // prior knowledge), in alternating rounds, the order of the servers
@@ -26,7 +28,7 @@
 //
 // Usage:
 //
-//	steady -server PATH [-rounds 5] [-duration 5s] [-conns 16] [-streams 1] [-proto h1,h2c]
+//	steady -server PATH [-compare PATH] [-rounds 5] [-duration 5s] [-conns 16] [-streams 1] [-proto h1,h2c]
 //	steady serve -kind plain|upgrade -addr HOST:PORT -stats HOST:PORT   (started by steady itself)
 package main
 

@@ -23,6 +23,7 @@ import (
 // config is what one run measures.
 type config struct {
 	server   string
+	compare  string
 	rounds   int
 	duration time.Duration
 	conns    int
@@ -37,6 +38,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = usageFunc(fs)
 	fs.StringVar(&c.server, "server", "", "`path` of the reference server binary (go build ./cmd/server)")
+	fs.StringVar(&c.compare, "compare", "", "`path` of another build of the reference server to run beside it (say, before a change), shown as \"compare\"")
 	fs.IntVar(&c.rounds, "rounds", 5, "rounds; each loads every server once per protocol")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "length of each load run")
 	fs.IntVar(&c.conns, "conns", 16, "connections (wrk -c, h2load -c)")
@@ -156,11 +158,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		targets = append(targets, t)
 	}
-	t, err := startReference(ctx, c.server, c.logDir)
-	if err != nil {
-		return err
+	refs := []struct{ name, bin string }{{"reference", c.server}}
+	if c.compare != "" {
+		refs = append(refs, struct{ name, bin string }{"compare", c.compare})
 	}
-	targets = append(targets, t)
+	for _, r := range refs {
+		t, err := startReference(ctx, r.name, r.bin, c.logDir)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
 	for _, t := range targets {
 		if err := t.waitUp(ctx); err != nil {
 			return err
@@ -331,13 +339,13 @@ func startHelper(ctx context.Context, self, kind, logDir string) (*target, error
 
 // startReference starts the reference server with a data directory of its
 // own; its allocations come from /metrics on its control socket.
-func startReference(ctx context.Context, bin, logDir string) (*target, error) {
+func startReference(ctx context.Context, name, bin, logDir string) (*target, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	dataDir := filepath.Join(logDir, "data")
-	t := &target{name: "reference", addr: addr}
+	dataDir := filepath.Join(logDir, name+"-data")
+	t := &target{name: name, addr: addr}
 	if err := t.start(bin, []string{"-addr", addr, "-data-dir", dataDir, "-log-format", "json"}, []string{"HANDOFF_"}, logDir); err != nil {
 		return nil, err
 	}
