@@ -4,19 +4,29 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/internal/testkit"
 )
 
-// Restart latency, measured two ways side by side on the same build, so
-// that scripts/restart-latency.sh can print their ratio:
+// Restart latency, measured side by side on the same build, so that
+// scripts/restart-latency.sh can print their ratios:
 //
 //   - BenchmarkRestartHandoff: SIGHUP, until the first answer from the new
-//     generation.
+//     generation. The minimal tableflip server of scripts/baseline
+//     (tableflip's README example: the least a hot restart with tableflip
+//     costs) runs beside it and is restarted in turn, each restart of one
+//     followed by one of the other, so that both see the same machine;
+//     its figures are reported with a tableflip- prefix, and ratio is the
+//     handoff median over the tableflip median (the goal: at most 1.3).
 //   - BenchmarkRestartStopStart: the baseline without handoff, SIGTERM,
 //     wait for exit, start the binary again, until its first answer.
 //   - BenchmarkRestartSupervised: the same as BenchmarkRestartHandoff in
@@ -29,25 +39,80 @@ import (
 // RSS of a generation.
 
 func BenchmarkRestartHandoff(b *testing.B) {
-	s := start(b, startOptions{args: []string{"-log-level", "info"}})
-	pid := s.waitReady(1)
-	rss := rssKiB(b, pid)
-	c := pollClient()
-	var took []time.Duration
-	failed := 0
+	servers := [2]*restarter{
+		newRestarter(b, start(b, startOptions{args: []string{"-log-level", "info"}})),
+		newRestarter(b, start(b, startOptions{binPath: baselineBinary(b)})),
+	}
+	servers[1].tableflip = true
 	b.ResetTimer()
 	for i := range b.N {
-		gen := i + 2
-		t0 := time.Now()
-		s.signal(pid, syscall.SIGHUP)
-		failed += waitAnswer(b, c, s.url("/"), strconv.Itoa(gen))
-		took = append(took, time.Since(t0))
-		next := s.waitReady(gen)
-		s.waitExit(pid, time.Minute)
-		pid = next
+		for k := range 2 {
+			servers[(k+i)%2].restart(b, i+2) // alternate which goes first
+		}
 	}
 	b.StopTimer()
-	report(b, took, failed, rss)
+	h, t := servers[0], servers[1]
+	report(b, h.took, h.failed, h.rss)
+	reportAs(b, "tableflip-", t.took, t.failed, t.rss)
+	b.ReportMetric(float64(median(h.took))/float64(median(t.took)), "ratio")
+}
+
+// restarter restarts one server with SIGHUP and keeps the figures.
+type restarter struct {
+	s      *server
+	pid    int
+	rss    int
+	c      *http.Client
+	took   []time.Duration
+	failed int
+	// tableflip: the server is scripts/baseline, which refuses to upgrade
+	// until it has seen its parent exit (it logs "parent exited" then);
+	// the reference server queues such a request instead.
+	tableflip bool
+}
+
+func newRestarter(b *testing.B, s *server) *restarter {
+	pid := s.waitReady(1)
+	return &restarter{s: s, pid: pid, rss: rssKiB(b, pid), c: pollClient()}
+}
+
+// restart starts generation gen, measures until its first answer, and
+// returns once the last generation has exited.
+func (r *restarter) restart(b *testing.B, gen int) {
+	t0 := time.Now()
+	r.s.signal(r.pid, syscall.SIGHUP)
+	r.failed += waitAnswer(b, r.c, r.s.url("/"), strconv.Itoa(gen))
+	r.took = append(r.took, time.Since(t0))
+	next := r.s.waitReady(gen)
+	r.s.waitExit(r.pid, time.Minute)
+	if r.tableflip {
+		r.s.logs.Wait(b, time.Minute, fmt.Sprintf("generation %d sees its parent exit", gen), func(l testkit.LogLine) bool {
+			return l.Msg() == "parent exited" && l.Int("generation") == gen
+		})
+	}
+	r.pid = next
+}
+
+var baseline struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// baselineBinary builds scripts/baseline, once per run.
+func baselineBinary(b *testing.B) string {
+	b.Helper()
+	baseline.once.Do(func() {
+		baseline.path = filepath.Join(binDir, "baseline")
+		out, err := exec.Command("go", "build", "-o", baseline.path, "../scripts/baseline").CombinedOutput()
+		if err != nil {
+			baseline.err = fmt.Errorf("build scripts/baseline: %v\n%s", err, out)
+		}
+	})
+	if baseline.err != nil {
+		b.Fatal(baseline.err)
+	}
+	return baseline.path
 }
 
 func BenchmarkRestartStopStart(b *testing.B) {
@@ -97,12 +162,19 @@ func BenchmarkRestartSupervised(b *testing.B) {
 	report(b, took, failed, rss)
 }
 
+// pollPause is the pause between two polls of waitAnswer: the resolution
+// of a restart time.
+const pollPause = time.Millisecond
+
 func pollClient() *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 }
 
 // waitAnswer polls url on new connections until a 200 comes from
-// generation gen, and returns how many polls failed on the way.
+// generation gen, and returns how many polls failed on the way. It pauses
+// pollPause between polls: a poller that never pauses keeps a core busy,
+// with the old generation answering it, on a machine whose other core is
+// all the new generation has to start on.
 func waitAnswer(b *testing.B, c *http.Client, url, gen string) int {
 	b.Helper()
 	failed := 0
@@ -114,25 +186,37 @@ func waitAnswer(b *testing.B, c *http.Client, url, gen string) int {
 				b.Logf("poll for generation %s: %v", gen, err)
 			}
 			failed++
+			time.Sleep(pollPause)
 			continue
 		}
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Generation") == gen {
 			return failed
 		}
+		time.Sleep(pollPause)
 	}
-	b.Fatalf("no answer from generation %s within a minute", gen)
+	b.Fatalf("no answer from generation %s at %s within a minute", gen, url)
 	return failed
 }
 
 func report(b *testing.B, took []time.Duration, failed int, rss int) {
+	reportAs(b, "", took, failed, rss)
+	b.ReportMetric(0, "ns/op") // wall time per op is the median above
+}
+
+func reportAs(b *testing.B, prefix string, took []time.Duration, failed int, rss int) {
 	slices.Sort(took)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(took[len(took)/2]), "median-ms")
-	b.ReportMetric(ms(took[len(took)*9/10]), "p90-ms")
-	b.ReportMetric(float64(failed), "failed-polls")
-	b.ReportMetric(float64(rss), "idle-rss-KiB")
-	b.ReportMetric(0, "ns/op") // wall time per op is the median above
+	b.ReportMetric(ms(median(took)), prefix+"median-ms")
+	b.ReportMetric(ms(took[len(took)*9/10]), prefix+"p90-ms")
+	b.ReportMetric(float64(failed), prefix+"failed-polls")
+	b.ReportMetric(float64(rss), prefix+"idle-rss-KiB")
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // rssKiB reads the resident set size of pid.

@@ -125,6 +125,10 @@ type startOptions struct {
 	// supervisor, and the generations are its children, which it reaps
 	// (wait for them through its "generation exited" events).
 	supervise bool
+	// binPath installs this binary instead of a version of the server, and
+	// passes it only -addr and args: the tableflip baseline of the
+	// restart benchmarks (scripts/baseline).
+	binPath string
 	// prefix runs the server under another command, such as unshare. The
 	// pids in the logs are then those of another PID namespace: no
 	// generation is tracked by pid, only the prefix's process.
@@ -144,7 +148,11 @@ func start(t testing.TB, o startOptions) *server {
 		o.addr = testkit.FreeAddr(t)
 	}
 	s := &server{t: t, dir: o.dir, bin: filepath.Join(o.dir, "server"), addr: o.addr, procs: map[int]*proc{}}
-	s.install(o.version)
+	if o.binPath != "" {
+		installBinary(t, o.binPath, s.bin)
+	} else {
+		s.install(o.version)
+	}
 
 	// The test owns the pipe every generation writes its logs to; exec's
 	// copying goroutine would tie Wait to the last generation's exit.
@@ -162,6 +170,9 @@ func start(t testing.TB, o startOptions) *server {
 		}
 	})
 	args := []string{"-log-format", "json", "-log-level", "info"}
+	if o.binPath != "" {
+		args = nil
+	}
 	if o.supervise {
 		args = append(args, "-supervise")
 	}

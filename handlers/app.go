@@ -15,27 +15,25 @@ const MaxEchoBody = 1 << 20
 
 // Root answers who is serving: pid, generation, version and start time.
 func Root(info Info) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, info)
-	})
+	return fixedJSON(http.StatusOK, info)
 }
 
 // Healthz answers 200 for as long as the process runs.
 func Healthz() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	return fixedJSON(http.StatusOK, map[string]string{"status": "ok"})
 }
 
 // Readyz answers 200 while the generation should get traffic, and 503 from
 // the moment it stops or starts to drain.
 func Readyz(lc Lifecycle) http.Handler {
+	ready := fixedJSON(http.StatusOK, map[string]string{"status": "ready"})
+	notReady := fixedJSON(http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !lc.IsReady() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+			notReady.ServeHTTP(w, r)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		ready.ServeHTTP(w, r)
 	})
 }
 

@@ -7,6 +7,12 @@ import (
 	"net/http"
 )
 
+// jsonType is the Content-Type of every JSON answer. One slice serves
+// them all: net/http copies a header's values when it writes the header,
+// and nothing here changes a value in place, so sharing it saves an
+// allocation per answer.
+var jsonType = []string{"application/json"}
+
 // writeJSON answers v as JSON with status code.
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
@@ -14,9 +20,28 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 		http.Error(w, "encode response: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
+	writeJSONBytes(w, code, append(b, '\n'))
+}
+
+// writeJSONBytes answers body, which is JSON, with status code.
+func writeJSONBytes(w http.ResponseWriter, code int, body []byte) {
+	w.Header()["Content-Type"] = jsonType
 	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
+	w.Write(body)
+}
+
+// fixedJSON returns a handler that answers v with status code, encoded
+// once rather than per request: for answers that never change, such as
+// the health checks probed many times a second.
+func fixedJSON(code int, v any) http.Handler {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Not for the values it is given (strings, numbers, a time); were
+		// one to fail, every answer would say so, as writeJSON's do.
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeJSON(w, code, v) })
+	}
+	body = append(body, '\n')
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeJSONBytes(w, code, body) })
 }
 
 // errorBody is the JSON shape of every error answer.

@@ -78,11 +78,12 @@ func NewControl(o ControlOptions) http.Handler {
 }
 
 // withGeneration sets X-Generation on every response, errors included, so
-// a client can tell which generation answered.
+// a client can tell which generation answered. Its value is one slice for
+// all responses, as jsonType is.
 func withGeneration(gen int, h http.Handler) http.Handler {
-	v := strconv.Itoa(gen)
+	v := []string{strconv.Itoa(gen)}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Generation", v)
+		w.Header()["X-Generation"] = v
 		h.ServeHTTP(w, r)
 	})
 }

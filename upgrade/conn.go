@@ -61,6 +61,12 @@ type trackedConn struct {
 	// (before the drain began) and its handler has not returned, so the
 	// connection would be kept alive after it.
 	openResponse bool
+	// spare is a drainWriter no handler uses, kept for the next request so
+	// that a request allocates none: net/http forbids using a
+	// ResponseWriter after its handler returned, and one writer serves
+	// every request of an HTTP/1 connection, one after another (HTTP/2
+	// streams that overlap take new ones).
+	spare *drainWriter
 
 	sniffed atomic.Bool // the first bytes were checked for the h2c preface
 	sniff   []byte      // bytes read before the check; only the reader uses it
@@ -183,10 +189,18 @@ func (t *tracker) connState(nc net.Conn, st http.ConnState) {
 	if tlsConn != nil && (st == http.StateActive || st == http.StateIdle) {
 		h2 = tlsConn.ConnectionState().NegotiatedProtocol == "h2"
 	}
+	// Only when a connection went idle matters (the drain's idle grace; a
+	// new one was stamped when accepted): one clock read per request.
+	var now time.Time
+	if st == http.StateIdle {
+		now = time.Now()
+	}
 	t.mu.Lock()
 	if !tc.untracked {
 		tc.state = st
-		tc.since = time.Now()
+		if st == http.StateIdle {
+			tc.since = now
+		}
 		tc.h2 = tc.h2 || h2
 	}
 	t.mu.Unlock()
@@ -218,23 +232,35 @@ func connContext(ctx context.Context, nc net.Conn) context.Context {
 	return ctx
 }
 
-// enter and leave bracket a request in the handler.
-func (t *tracker) enter(c *trackedConn) {
-	if c == nil {
-		return
+// enter and leave bracket a request in the handler. enter returns the
+// drainWriter for w, the connection's spare one when it has one; leave
+// takes it back.
+func (t *tracker) enter(c *trackedConn, w http.ResponseWriter) *drainWriter {
+	var dw *drainWriter
+	if c != nil {
+		t.mu.Lock()
+		c.inHandler++
+		dw, c.spare = c.spare, nil
+		t.mu.Unlock()
 	}
-	t.mu.Lock()
-	c.inHandler++
-	t.mu.Unlock()
+	if dw == nil {
+		dw = &drainWriter{t: t, c: c}
+	}
+	dw.ResponseWriter, dw.wrote = w, false
+	return dw
 }
 
-func (t *tracker) leave(c *trackedConn) {
+func (t *tracker) leave(c *trackedConn, dw *drainWriter) {
 	if c == nil {
 		return
 	}
+	dw.ResponseWriter = nil
 	t.mu.Lock()
 	c.inHandler--
 	c.openResponse = false
+	if c.spare == nil {
+		c.spare = dw
+	}
 	t.mu.Unlock()
 }
 

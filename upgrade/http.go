@@ -115,9 +115,9 @@ func (s *httpServer) track(h http.Handler) http.Handler {
 			s.drainReqs.Add(1)
 		}
 		c, _ := r.Context().Value(connKey{}).(*trackedConn)
-		s.t.enter(c)
-		defer s.t.leave(c)
-		h.ServeHTTP(&drainWriter{ResponseWriter: w, t: s.t, c: c}, r)
+		dw := s.t.enter(c, w)
+		defer s.t.leave(c, dw)
+		h.ServeHTTP(dw, r)
 	})
 }
 

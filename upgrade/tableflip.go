@@ -3,15 +3,18 @@ package upgrade
 import (
 	"regexp"
 	"strconv"
+	"sync"
 	"time"
 )
 
 // tableflip (v1.2.3, pinned in go.mod) reports a child's fate only in the
 // text of its errors. Every place that reads that text is here, and
-// TestTableflipErrorText pins it.
+// TestTableflipErrorText pins it. The expressions are compiled when a
+// failure is first read, not in the package's initialisation, which every
+// new generation runs before its main.
 var (
-	childExitRe    = regexp.MustCompile(`child pid=(\d+) exited(?:: (.*))?$`)
-	childTimeoutRe = regexp.MustCompile(`child pid=(\d+) timed out`)
+	childExitRe    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`child pid=(\d+) exited(?:: (.*))?$`) })
+	childTimeoutRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`child pid=(\d+) timed out`) })
 )
 
 // tableflipParentAlive is tableflip's refusal to upgrade while this
@@ -37,13 +40,13 @@ func (u *Upgrader) upgradeOnce() error {
 func parseChildError(err error, stderr []string) *UpgradeError {
 	e := &UpgradeError{Err: err, Stderr: stderr}
 	msg := err.Error()
-	if m := childTimeoutRe.FindStringSubmatch(msg); m != nil {
+	if m := childTimeoutRe().FindStringSubmatch(msg); m != nil {
 		e.ChildPID, _ = strconv.Atoi(m[1])
 		e.TimedOut = true
 		e.Exit = "signal: killed"
 		return e
 	}
-	if m := childExitRe.FindStringSubmatch(msg); m != nil {
+	if m := childExitRe().FindStringSubmatch(msg); m != nil {
 		e.ChildPID, _ = strconv.Atoi(m[1])
 		e.Exit = m[2]
 		if e.Exit == "" {

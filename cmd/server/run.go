@@ -82,12 +82,33 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := upg.Logger()
 	st := upg.Status()
+	// The store opens (SQLite's open and quick_check, the longest step of
+	// a start) while the steps that do not need it run: the token, the
+	// previous generation's state, the certificate. Every error still
+	// comes before the generation serves.
+	opening := openStoreAsync(ctx, cfg.DataDir, log.With().Str("component", "store").Logger())
 	token, err := loadToken(cfg.tokenFile(), log)
 	if err != nil {
+		opening.discard()
 		return err
 	}
-	kv, err = openStore(ctx, cfg.DataDir, log.With().Str("component", "store").Logger())
+	// A new generation takes the previous one's hot keys over the handoff
+	// channel; a state it cannot read fails the upgrade.
+	state, err := upg.InheritedState(ctx)
 	if err != nil {
+		opening.discard()
+		return fmt.Errorf("cache state from the previous generation: %w", err)
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			opening.discard()
+			return usagef("-tls-cert %s, -tls-key %s: %v", cfg.TLSCert, cfg.TLSKey, err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if kv, err = opening.wait(); err != nil {
 		return err
 	}
 	// Cleanup runs last registered first: persist the cache, then close.
@@ -103,25 +124,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}); err != nil {
 		return err
 	}
-	// A new generation takes the previous one's hot keys over the handoff
-	// channel; a state it cannot read fails the upgrade.
-	state, err := upg.InheritedState(ctx)
-	if err != nil {
-		return fmt.Errorf("cache state from the previous generation: %w", err)
-	}
 	if state != nil {
 		if err := kv.WarmFrom(ctx, faultState(getenv, state)); err != nil {
 			return err
 		}
-	}
-
-	var tlsConfig *tls.Config
-	if cfg.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-		if err != nil {
-			return usagef("-tls-cert %s, -tls-key %s: %v", cfg.TLSCert, cfg.TLSKey, err)
-		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	// Under systemd socket activation the sockets named public and
 	// control (FileDescriptorName=) replace -addr and -control-addr.

@@ -120,6 +120,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		}
 	}()
 
+	// tableflip refuses to upgrade ("parent hasn't exited") until it has
+	// seen its parent exit; the benchmark waits for this line before the
+	// next SIGHUP. The goroutine ends then, or when ctx is done.
+	if upg.HasParent() {
+		go func() {
+			if upg.WaitForParent(ctx) == nil {
+				log.Info().Msg("parent exited")
+			}
+		}()
+	}
+
 	ln, err := upg.Listen("tcp", *addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", *addr, err)
