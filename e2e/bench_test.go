@@ -27,6 +27,10 @@ import (
 //     followed by one of the other, so that both see the same machine;
 //     its figures are reported with a tableflip- prefix, and ratio is the
 //     handoff median over the tableflip median (the goal: at most 1.3).
+//     The same server written with the upgrade package (scripts/minimal)
+//     is restarted in turn with them: its figures have a minimal- prefix,
+//     and library-ratio is its median over tableflip's, what the library
+//     costs without the reference server's own start-up.
 //   - BenchmarkRestartStopStart: the baseline without handoff, SIGTERM,
 //     wait for exit, start the binary again, until its first answer.
 //   - BenchmarkRestartSupervised: the same as BenchmarkRestartHandoff in
@@ -39,22 +43,25 @@ import (
 // RSS of a generation.
 
 func BenchmarkRestartHandoff(b *testing.B) {
-	servers := [2]*restarter{
+	servers := []*restarter{
 		newRestarter(b, start(b, startOptions{args: []string{"-log-level", "info"}})),
-		newRestarter(b, start(b, startOptions{binPath: baselineBinary(b)})),
+		newRestarter(b, start(b, startOptions{binPath: scriptBinary(b, "baseline")})),
+		newRestarter(b, start(b, startOptions{binPath: scriptBinary(b, "minimal")})),
 	}
 	servers[1].tableflip = true
 	b.ResetTimer()
 	for i := range b.N {
-		for k := range 2 {
-			servers[(k+i)%2].restart(b, i+2) // alternate which goes first
+		for k := range servers {
+			servers[(k+i)%len(servers)].restart(b, i+2) // rotate which goes first
 		}
 	}
 	b.StopTimer()
-	h, t := servers[0], servers[1]
+	h, t, m := servers[0], servers[1], servers[2]
 	report(b, h.took, h.failed, h.rss)
 	reportAs(b, "tableflip-", t.took, t.failed, t.rss)
+	reportAs(b, "minimal-", m.took, m.failed, m.rss)
 	b.ReportMetric(float64(median(h.took))/float64(median(t.took)), "ratio")
+	b.ReportMetric(float64(median(m.took))/float64(median(t.took)), "library-ratio")
 }
 
 // restarter restarts one server with SIGHUP and keeps the figures.
@@ -93,26 +100,30 @@ func (r *restarter) restart(b *testing.B, gen int) {
 	r.pid = next
 }
 
-var baseline struct {
-	once sync.Once
-	path string
-	err  error
+var scripts struct {
+	mu    sync.Mutex
+	paths map[string]string
 }
 
-// baselineBinary builds scripts/baseline, once per run.
-func baselineBinary(b *testing.B) string {
+// scriptBinary builds the program scripts/name (baseline, minimal), once
+// per run.
+func scriptBinary(b *testing.B, name string) string {
 	b.Helper()
-	baseline.once.Do(func() {
-		baseline.path = filepath.Join(binDir, "baseline")
-		out, err := exec.Command("go", "build", "-o", baseline.path, "../scripts/baseline").CombinedOutput()
-		if err != nil {
-			baseline.err = fmt.Errorf("build scripts/baseline: %v\n%s", err, out)
-		}
-	})
-	if baseline.err != nil {
-		b.Fatal(baseline.err)
+	scripts.mu.Lock()
+	defer scripts.mu.Unlock()
+	if p, ok := scripts.paths[name]; ok {
+		return p
 	}
-	return baseline.path
+	p := filepath.Join(binDir, name)
+	out, err := exec.Command("go", "build", "-o", p, "../scripts/"+name).CombinedOutput()
+	if err != nil {
+		b.Fatalf("build scripts/%s: %v\n%s", name, err, out)
+	}
+	if scripts.paths == nil {
+		scripts.paths = map[string]string{}
+	}
+	scripts.paths[name] = p
+	return p
 }
 
 func BenchmarkRestartStopStart(b *testing.B) {

@@ -47,7 +47,7 @@ func BenchmarkSpikeHandoff(b *testing.B) {
 }
 
 func BenchmarkSpikeTableflip(b *testing.B) {
-	benchSpike(b, start(b, startOptions{binPath: baselineBinary(b)}))
+	benchSpike(b, start(b, startOptions{binPath: scriptBinary(b, "baseline")}))
 }
 
 func benchSpike(b *testing.B, s *server) {

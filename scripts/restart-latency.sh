@@ -3,7 +3,9 @@
 # a handoff (SIGHUP, until the first answer from the new generation), the
 # same for the minimal tableflip server of scripts/baseline (tableflip's
 # README example: the least a tableflip hot restart costs; the two are
-# restarted in turn, in the same run), the same in
+# restarted in turn, in the same run), the same server as that one
+# written with the upgrade package (scripts/minimal: what the library
+# costs without the reference server's own start-up), the same in
 # supervisor mode (server -supervise), and the baseline without one
 # (SIGTERM, start again, until the first answer). It prints the median and
 # p90 of each over N restarts, the polls that failed meanwhile (refused
@@ -56,12 +58,15 @@ echo "$out" | awk -v n="$n" -v m="$m" '
 		if ($(i+1) ~ /^tableflip-/) {
 			key = $(i+1); sub(/^tableflip-/, "", key)
 			v["tableflip (SIGHUP)", key] = $i
+		} else if ($(i+1) ~ /^minimal-/) {
+			key = $(i+1); sub(/^minimal-/, "", key)
+			v["minimal upgrade (SIGHUP)", key] = $i
 		} else {
 			v[name, $(i+1)] = $i
 		}
 	}
 	names[++k] = name
-	if (name ~ /^handoff/) names[++k] = "tableflip (SIGHUP)"
+	if (name ~ /^handoff/) { names[++k] = "tableflip (SIGHUP)"; names[++k] = "minimal upgrade (SIGHUP)" }
 }
 /^BenchmarkSpike/ {
 	name = ($1 ~ /Tableflip/) ? "tableflip" : "handoff"
@@ -77,6 +82,8 @@ END {
 	}
 	h = v["handoff (SIGHUP)", "median-ms"]; b = v["stop + start (baseline)", "median-ms"]; t = v["tableflip (SIGHUP)", "median-ms"]
 	if (h > 0 && t > 0) printf "median ratio handoff/tableflip: %.2f (restarted in turn; goal: at most 1.3)\n", h / t
+	l = v["minimal upgrade (SIGHUP)", "median-ms"]
+	if (l > 0 && t > 0) printf "median ratio minimal upgrade/tableflip: %.2f (the library alone, the same server as tableflip'"'"'s)\n", l / t
 	if (h > 0 && b > 0) printf "median ratio handoff/baseline: %.2f\n", h / b
 	p = v["supervised (SIGHUP)", "median-ms"]
 	if (p > 0 && h > 0) printf "median ratio supervised/handoff: %.2f (supervisor RSS %d KiB)\n", p / h, v["supervised (SIGHUP)", "supervisor-rss-KiB"]
