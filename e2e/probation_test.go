@@ -34,10 +34,6 @@ func TestProbationCatchesEarlyCrash(t *testing.T) {
 		t.Errorf("failed upgrade: exit_status %q, want exit status 3 (the injected crash)", ev.Str("exit_status"))
 	}
 	child := ev.Int("child_pid")
-	held := map[string]bool{}
-	for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == child }) {
-		held[l.Str("remote_addr")] = true
-	}
 	tl.mu.Lock()
 	servedByChild := tl.gens["2"]
 	lost := append([]string(nil), tl.lost...)
@@ -45,13 +41,9 @@ func TestProbationCatchesEarlyCrash(t *testing.T) {
 	if !servedByChild {
 		t.Error("the new generation answered no request during its probation; it should serve a share of the traffic")
 	}
-	for _, addr := range lost {
-		if !held[addr] {
-			t.Errorf("a request failed on connection %s, which the crashed process never held", addr)
-		}
-	}
+	held := s.checkLost(t, child, lost)
 	t.Logf("probation crash: %d requests, %d failed, all on the %d connections the crashed process (pid %d) had accepted",
-		total(tl), tl.failures(), len(held), child)
+		total(tl), tl.failures(), held, child)
 	if tl.failures() != len(lost) {
 		t.Errorf("%d failures but %d lost connections: a failure that is not a lost connection: %v", tl.failures(), len(lost), tl.examples)
 	}

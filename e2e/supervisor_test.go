@@ -281,23 +281,15 @@ func TestSupervisorBadDeploys(t *testing.T) {
 			tl.mu.Unlock()
 			if tc.probation {
 				bad := ev.Int("child_pid")
-				held := map[string]bool{}
-				for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == bad }) {
-					held[l.Str("remote_addr")] = true
-				}
 				if !servedByBad {
 					t.Error("the new generation answered no request during its probation; it should serve a share of the traffic")
 				}
-				for _, addr := range lost {
-					if !held[addr] {
-						t.Errorf("a request failed on connection %s, which the crashed process never held", addr)
-					}
-				}
+				held := s.checkLost(t, bad, lost)
 				if tl.failures() != len(lost) {
 					t.Errorf("%d failures but %d lost connections: a failure that is not a lost connection: %v", tl.failures(), len(lost), tl.examples)
 				}
 				t.Logf("%s: %d requests, %d failed, all on the %d connections the crashed process (pid %d) had accepted",
-					tc.name, total(tl), tl.failures(), len(held), bad)
+					tc.name, total(tl), tl.failures(), held, bad)
 			} else if tl.failures() != 0 {
 				t.Errorf("%d requests failed during the bad upgrade, want 0: %v", tl.failures(), tl.examples)
 			}
@@ -419,10 +411,6 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 		waitRequests(t, tl, total(tl)+200)
 		stop()
 
-		held := map[string]bool{}
-		for _, l := range s.logs.Find(func(l testkit.LogLine) bool { return l.Msg() == "connection accepted" && l.Int("pid") == pid }) {
-			held[l.Str("remote_addr")] = true
-		}
 		tl.mu.Lock()
 		lost := append([]string(nil), tl.lost...)
 		refused := 0
@@ -435,11 +423,7 @@ func TestSupervisorGenerationKilled(t *testing.T) {
 		if refused != 0 {
 			t.Errorf("%d connections refused while no generation ran: the supervisor must hold the listening socket", refused)
 		}
-		for _, addr := range lost {
-			if !held[addr] {
-				t.Errorf("a request failed on connection %s, which the killed process never held", addr)
-			}
-		}
+		s.checkLost(t, pid, lost)
 		if tl.failures() != len(lost) {
 			t.Errorf("%d failures, %d on connections the killed process held: a failure of a new connection: %v",
 				tl.failures(), len(lost), tl.examples)
