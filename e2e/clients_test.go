@@ -191,17 +191,7 @@ func keepAliveClient(ctx context.Context, addr string, t *tally, seed uint64) {
 				return
 			}
 		}
-		var req *http.Request
-		var want []byte
-		if rng.IntN(10) < 3 {
-			want = make([]byte, 1+rng.IntN(8192))
-			for i := range want {
-				want[i] = byte(rng.Uint32())
-			}
-			req, _ = http.NewRequest("POST", "http://"+addr+"/echo", bytes.NewReader(want))
-		} else {
-			req, _ = http.NewRequest("GET", "http://"+addr+"/", nil)
-		}
+		req, want := testkit.MixedRequest(rng, addr, 8192)
 		resp, body, err := c.Do(req)
 		switch {
 		case err != nil:

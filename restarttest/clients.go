@@ -113,6 +113,21 @@ func judge(a answer, sent []byte) (Outcome, string) {
 }
 
 // newRequest builds the HTTP request of kind k.
+// readAnswer reads and closes resp's body: the answer's status, body and
+// generation header.
+func (s *settings) readAnswer(resp *http.Response) answer {
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return answer{err: fmt.Errorf("read body: %w", err)}
+	}
+	a := answer{status: resp.StatusCode, body: b}
+	if s.GenHeader != "" {
+		a.gen = resp.Header.Get(s.GenHeader)
+	}
+	return a
+}
+
 func (s *settings) newRequest(k kind, body []byte) *http.Request {
 	var req *http.Request
 	switch k {
@@ -195,14 +210,9 @@ func (t *h1) exchange(req *http.Request) answer {
 	if err != nil {
 		return answer{err: fmt.Errorf("read: %w", err)}
 	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return answer{err: fmt.Errorf("read body: %w", err)}
-	}
-	a := answer{status: resp.StatusCode, body: b}
-	if t.s.GenHeader != "" {
-		a.gen = resp.Header.Get(t.s.GenHeader)
+	a := t.s.readAnswer(resp)
+	if a.err != nil {
+		return a
 	}
 	if resp.Close {
 		t.close()
@@ -313,14 +323,9 @@ func (t *h2) round(k kind, body []byte) answer {
 	if err != nil {
 		return answer{err: err}
 	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return answer{err: fmt.Errorf("read body: %w", err)}
-	}
-	a := answer{status: resp.StatusCode, body: b}
-	if t.s.GenHeader != "" {
-		a.gen = resp.Header.Get(t.s.GenHeader)
+	a := t.s.readAnswer(resp)
+	if a.err != nil {
+		return a
 	}
 	if resp.ProtoMajor != 2 {
 		a.outcome, a.detail = ProtocolError, "answered with "+resp.Proto+", not HTTP/2"

@@ -2,10 +2,12 @@ package testkit
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"syscall"
@@ -102,4 +104,20 @@ func ErrorKind(err error) string {
 		return "timeout"
 	}
 	return "other: " + err.Error()
+}
+
+// MixedRequest is the keep-alive load's next request to the reference
+// server at addr: three in ten a POST /echo of 1 to maxBody random bytes,
+// which it returns to check the answer against, the rest a GET /.
+func MixedRequest(rng *rand.Rand, addr string, maxBody int) (req *http.Request, want []byte) {
+	if rng.IntN(10) < 3 {
+		want = make([]byte, 1+rng.IntN(maxBody))
+		for i := range want {
+			want[i] = byte(rng.Uint32())
+		}
+		req, _ = http.NewRequest("POST", "http://"+addr+"/echo", bytes.NewReader(want))
+		return req, want
+	}
+	req, _ = http.NewRequest("GET", "http://"+addr+"/", nil)
+	return req, nil
 }
